@@ -1,0 +1,162 @@
+/*
+ * workload.h -- the op model, seeded profiles, the fuzz decoder and the engine that runs ops
+ * against one or several allocator instances.
+ *
+ * An op names a pin and, for FREE and TOUCH, the k-th live frame of that pin in allocation order
+ * (k = 0 is the oldest). Ops carry no addresses, so a run is reproducible from its ops alone: a
+ * profile, the fuzz decoder and a trace file are three ways of producing the same op stream, and
+ * the engine is the one place that executes it (bare or through the verifier, recording a trace
+ * or not).
+ */
+#ifndef KS_WORKLOAD_H
+#define KS_WORKLOAD_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "error.h"
+#include "ksalloc.h"
+
+struct ks_verifier;
+struct ks_trace_writer;
+
+#define KS_MAX_PINS 8u
+#define KS_MAX_HEAPS 4u
+#define KS_ALLOCATOR_NAME_BYTES 256u
+
+typedef enum ks_op_kind {
+    KS_OP_ALLOCATE = 0, /* Allocate on pin */
+    KS_OP_FREE = 1,     /* Free the arg-th live frame of pin */
+    KS_OP_TOUCH = 2,    /* write the arg-th live frame of pin (verifier: check and refill pattern) */
+    KS_OP_DMA_FIRST = 16, /* DMA ops (harness/dma/) take kinds from here on */
+} ks_op_kind;
+
+typedef struct ks_op {
+    uint8_t kind;   /* ks_op_kind */
+    uint8_t pin;    /* < config pin_count */
+    uint8_t thread; /* for multi-threaded schedules; 0 in single-threaded runs */
+    uint8_t flags;  /* reserved, 0 */
+    uint32_t arg;   /* FREE/TOUCH: live index k */
+} ks_op;
+_Static_assert(sizeof(ks_op) == 8, "ks_op is packed into traces and fuzz corpora as 8 bytes");
+
+typedef struct ks_pin_config {
+    const ks_allocator_entry *entry;       /* resolved by the caller; NULL straight after parsing */
+    char allocator[KS_ALLOCATOR_NAME_BYTES]; /* how the allocator was named: "pool", "plugin:x.so" */
+    KSALLOCATOR_FRAMING framing;
+    int heap_index; /* index into heap_bytes, or -1 for a private heap */
+} ks_pin_config;
+
+typedef struct ks_workload_config {
+    unsigned pin_count;
+    ks_pin_config pins[KS_MAX_PINS];
+    unsigned heap_count;
+    size_t heap_bytes[KS_MAX_HEAPS];
+} ks_workload_config;
+
+/* ---- Profiles ------------------------------------------------------------------------------ */
+
+typedef enum ks_profile {
+    KS_PROFILE_LIFO,        /* allocate a stack up and down, always freeing the newest */
+    KS_PROFILE_FIFO,        /* streaming: a window of frames, always freeing the oldest */
+    KS_PROFILE_RANDOM,      /* allocate or free a random live frame, live set near half capacity */
+    KS_PROFILE_BURST,       /* fill to capacity, then drain in random order, repeat */
+    KS_PROFILE_FRAGMENTING, /* several pins of mixed frame sizes over one shared heap, random order */
+    KS_PROFILE_COUNT
+} ks_profile;
+
+const char *ks_profile_name(ks_profile profile);
+/* Returns KS_PROFILE_COUNT for an unknown name. */
+ks_profile ks_profile_from_name(const char *name);
+
+/* Builds the pins a profile uses for one allocator and a base framing: one pin for most
+ * profiles; for fragmenting, three pins of mixed frame sizes sharing heap 0 (private heaps when
+ * the allocator cannot share one). */
+NTSTATUS ks_profile_config(ks_profile profile, const ks_allocator_entry *entry, const char *allocator_name,
+                           const KSALLOCATOR_FRAMING *base_framing, ks_workload_config *config, ks_error *err);
+
+/* What generators and decoders may see of the engine's state. */
+typedef struct ks_live_view {
+    unsigned pin_count;
+    uint32_t live[KS_MAX_PINS];
+    bool last_allocate_failed[KS_MAX_PINS];
+    uint32_t frames[KS_MAX_PINS]; /* the framing's Frames after initialisation (0 = unbounded) */
+} ks_live_view;
+
+typedef struct ks_generator {
+    ks_profile profile;
+    uint64_t rng_state;
+    unsigned pin_count;
+    uint32_t target_live[KS_MAX_PINS];
+    uint32_t phase[KS_MAX_PINS]; /* profile-specific: filling or draining */
+} ks_generator;
+
+void ks_generator_init(ks_generator *gen, ks_profile profile, uint64_t seed, const ks_live_view *view);
+/* The next op, valid for the state in view (never FREE on an empty pin). */
+void ks_generator_next(ks_generator *gen, const ks_live_view *view, ks_op *op);
+
+/* ---- Fuzz decoding ------------------------------------------------------------------------- */
+
+/* Reads from the input and never past its end: past the end every read returns 0. */
+typedef struct ks_byte_reader {
+    const uint8_t *data;
+    size_t size_bytes;
+    size_t offset;
+} ks_byte_reader;
+
+uint8_t ks_reader_u8(ks_byte_reader *reader);
+uint32_t ks_reader_u32(ks_byte_reader *reader);
+/* A value in [0, bound), bound > 0, using as few bytes as the bound needs. */
+uint32_t ks_reader_below(ks_byte_reader *reader, uint32_t bound);
+bool ks_reader_done(const ks_byte_reader *reader);
+
+/* Decodes pins, framings and heaps for the given allocators (entries[i % entry_count] serves pin
+ * i) from the head of the input. Framings stay within what each entry says it serves. */
+void ks_decode_config(ks_byte_reader *reader, const ks_allocator_entry *const *entries, size_t entry_count,
+                      ks_workload_config *config);
+/* Decodes one op valid for view; false once the input is used up. */
+bool ks_decode_op(ks_byte_reader *reader, const ks_live_view *view, ks_op *op);
+
+/* ---- The engine ---------------------------------------------------------------------------- */
+
+typedef struct ks_engine ks_engine;
+
+typedef struct ks_engine_options {
+    struct ks_verifier *verifier;  /* run every pin through this verifier session, or NULL */
+    struct ks_trace_writer *trace; /* record every op, or NULL */
+    bool keep_live_at_close;       /* false (default): free every live frame before DeleteAllocator */
+} ks_engine_options;
+
+typedef struct ks_run_stats {
+    uint64_t ops;
+    uint64_t allocations;
+    uint64_t allocation_failures; /* Allocate returned NULL */
+    uint64_t frees;
+    uint64_t touches;
+    uint64_t peak_live;
+    uint64_t elapsed_ns;
+} ks_run_stats;
+
+/* Creates the heaps, then InitializeAllocator for every pin (through the verifier when given).
+ * Each pin's config.pins[i].entry must be set. */
+NTSTATUS ks_engine_open(const ks_workload_config *config, const ks_engine_options *options, ks_engine **engine,
+                        ks_error *err);
+/* Executes one op. An op that does not fit the state (pin out of range, k >= live, unknown kind)
+ * is STATUS_INVALID_PARAMETER and changes nothing. Verifier faults do not fail the step: read
+ * them from the verifier. allocated (may be NULL) says whether an ALLOCATE got a frame. */
+NTSTATUS ks_engine_step(ks_engine *engine, const ks_op *op, bool *allocated, ks_error *err);
+void ks_engine_view(const ks_engine *engine, ks_live_view *view);
+/* The k-th live frame of pin, or NULL. */
+void *ks_engine_frame(const ks_engine *engine, unsigned pin, uint32_t k);
+/* The framing pin's allocator settled on. */
+const KSALLOCATOR_FRAMING *ks_engine_framing(const ks_engine *engine, unsigned pin);
+const ks_run_stats *ks_engine_stats(const ks_engine *engine);
+/* Frees what is live (unless keep_live_at_close), deletes every instance, destroys the heaps. */
+NTSTATUS ks_engine_close(ks_engine *engine, ks_error *err);
+
+/* Runs op_count ops of a profile; stops early only on an engine error, or on the first verifier
+ * fault when stop_at_fault. */
+NTSTATUS ks_engine_run_profile(ks_engine *engine, ks_profile profile, uint64_t seed, uint64_t op_count,
+                               bool stop_at_fault, ks_error *err);
+
+#endif
