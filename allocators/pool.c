@@ -1,0 +1,229 @@
+/*
+ * pool.c -- `pool`: a fixed pool of Frames frames carved from one aligned block, the performance
+ * reference every other allocator is read against.
+ *
+ * Design: InitializeAllocator takes Frames (64 when 0, written back) and FrameSize (4096 when 0,
+ * written back), computes stride = FrameSize rounded up to the alignment, and obtains all
+ * Frames * stride bytes at once from the process heap. Free frames form an intrusive LIFO list:
+ * the first word of a free frame points to the next free frame. The alignment is raised to at
+ * least alignof(void *) so that this link is an aligned pointer store, which also makes the
+ * stride at least sizeof(void *); frames are then more aligned than asked, never less. LIFO
+ * hands back the most recently freed frame, the one most likely still in cache.
+ *
+ * Complexity: Allocate and Free are O(1) and are exactly one pointer pop or push: no counters,
+ * no checks, no branches beyond the empty-list test. A Free of a pointer that this pool did not
+ * hand out corrupts the list; self_check (a walk of the free list against a bitmap of the block)
+ * finds it, the fast path does not pay for it.
+ *
+ * Memory: Frames * stride bytes (stride - FrameSize of padding per frame), a Frames-bit bitmap
+ * kept for self_check so that the check allocates nothing, and the instance header. Nothing
+ * grows after initialisation.
+ *
+ * Thread safety: none. One instance is used by one thread at a time (no KS_CAP_THREAD_SAFE).
+ */
+#include <limits.h>
+#include <stdalign.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ksalloc.h"
+
+/* Frames when the pin names none; written back into the framing. */
+#ifndef KS_POOL_DEFAULT_FRAMES
+#define KS_POOL_DEFAULT_FRAMES 64u
+#endif
+/* FrameSize when the pin names none; written back into the framing. */
+#ifndef KS_POOL_DEFAULT_FRAME_BYTES
+#define KS_POOL_DEFAULT_FRAME_BYTES 4096u
+#endif
+/* Stated limits (the catalogue entry publishes the first two). */
+#ifndef KS_POOL_MAX_FRAME_BYTES
+#define KS_POOL_MAX_FRAME_BYTES ((size_t)256 << 20)
+#endif
+#ifndef KS_POOL_MAX_ALIGN_BYTES
+#define KS_POOL_MAX_ALIGN_BYTES ((size_t)1 << 20)
+#endif
+/* The whole block is preallocated, so Frames * stride is capped: a larger pool is refused with
+ * STATUS_INSUFFICIENT_RESOURCES rather than left to the heap's (or a sanitizer's) mercy. */
+#ifndef KS_POOL_MAX_BLOCK_BYTES
+#define KS_POOL_MAX_BLOCK_BYTES ((size_t)1 << 30)
+#endif
+
+_Static_assert((KS_POOL_MAX_ALIGN_BYTES & (KS_POOL_MAX_ALIGN_BYTES - 1)) == 0, "alignment limit is a power of two");
+_Static_assert(KS_POOL_DEFAULT_FRAME_BYTES <= KS_POOL_MAX_FRAME_BYTES, "default frame within the limit");
+_Static_assert(KS_POOL_MAX_FRAME_BYTES <= ULONG_MAX, "FrameSize is a ULONG");
+_Static_assert(alignof(void *) <= KS_POOL_MAX_ALIGN_BYTES, "the free-list link fits the alignment limit");
+
+/* A free frame's first word. */
+typedef struct pool_node {
+    struct pool_node *next;
+} pool_node;
+
+typedef struct pool {
+    pool_node *free_head; /* first member: the fast path touches this word and nothing else */
+    unsigned char *block; /* Frames * stride_bytes, aligned to align_bytes */
+    size_t stride_bytes;
+    size_t align_bytes; /* effective: max(FileAlignment + 1, alignof(void *)) */
+    size_t block_bytes;
+    ULONG frames;
+    uint64_t seen[]; /* self_check's bitmap, one bit per frame */
+} pool;
+
+static NTSTATUS pool_check_framing(const KSALLOCATOR_FRAMING *framing)
+{
+    if (!ks_framing_align_valid(framing) || ks_framing_align_bytes(framing) > KS_POOL_MAX_ALIGN_BYTES)
+        return STATUS_INVALID_PARAMETER;
+    if (framing->FrameSize > KS_POOL_MAX_FRAME_BYTES)
+        return STATUS_INVALID_PARAMETER;
+    return STATUS_SUCCESS;
+}
+
+/* Threads every frame onto the free list so that the first Allocate returns the lowest one. */
+static void pool_thread_free_list(pool *instance)
+{
+    instance->free_head = NULL;
+    for (size_t index = instance->frames; index-- > 0;) {
+        pool_node *node = (pool_node *)(void *)(instance->block + index * instance->stride_bytes);
+        node->next = instance->free_head;
+        instance->free_head = node;
+    }
+}
+
+static NTSTATUS pool_initialize(PVOID initial_context, PKSALLOCATOR_FRAMING framing, PVOID *context)
+{
+    (void)initial_context; /* the pool draws from the process heap; a shared heap is not used */
+    NTSTATUS status = pool_check_framing(framing);
+    if (!NT_SUCCESS(status))
+        return status;
+    if (framing->Frames == 0)
+        framing->Frames = KS_POOL_DEFAULT_FRAMES;
+    if (framing->FrameSize == 0)
+        framing->FrameSize = KS_POOL_DEFAULT_FRAME_BYTES;
+
+    size_t align_bytes = ks_framing_align_bytes(framing);
+    if (align_bytes < alignof(void *))
+        align_bytes = alignof(void *);
+    size_t stride_bytes = ((size_t)framing->FrameSize + align_bytes - 1) & ~(align_bytes - 1);
+    /* Both factors are below 2^32 and 2^29, so the product cannot overflow a 64-bit size_t. */
+    _Static_assert(sizeof(size_t) >= 8, "Frames * stride is computed in size_t");
+    size_t block_bytes = (size_t)framing->Frames * stride_bytes;
+    if (block_bytes > KS_POOL_MAX_BLOCK_BYTES)
+        return STATUS_INSUFFICIENT_RESOURCES;
+
+    size_t bitmap_words = ((size_t)framing->Frames + 63) / 64;
+    pool *instance = calloc(1, sizeof *instance + bitmap_words * sizeof instance->seen[0]);
+    void *block = NULL;
+    if (instance == NULL || posix_memalign(&block, align_bytes, block_bytes) != 0) {
+        free(instance);
+        return STATUS_INSUFFICIENT_RESOURCES;
+    }
+    instance->block = block;
+    instance->stride_bytes = stride_bytes;
+    instance->align_bytes = align_bytes;
+    instance->block_bytes = block_bytes;
+    instance->frames = framing->Frames;
+    pool_thread_free_list(instance);
+    *context = instance;
+    return STATUS_SUCCESS;
+}
+
+static void pool_delete(PVOID context)
+{
+    pool *instance = context;
+    free(instance->block); /* frames still live go with it */
+    free(instance);
+}
+
+static PVOID pool_allocate(PVOID context)
+{
+    pool *instance = context;
+    pool_node *node = instance->free_head;
+    if (node != NULL)
+        instance->free_head = node->next;
+    return node;
+}
+
+static void pool_free(PVOID context, PVOID buffer)
+{
+    pool *instance = context;
+    pool_node *node = buffer;
+    node->next = instance->free_head;
+    instance->free_head = node;
+}
+
+/* Walks the free list: every node inside the block, on a stride boundary, seen once, and no more
+ * than Frames of them. A duplicate is also how a cycle shows up, so the walk always ends. */
+static NTSTATUS pool_self_check(PVOID context, char *why, size_t why_bytes)
+{
+    pool *instance = context;
+    memset(instance->seen, 0, ((size_t)instance->frames + 63) / 64 * sizeof instance->seen[0]);
+    uintptr_t block_start = (uintptr_t)instance->block;
+    size_t free_count = 0;
+    for (const pool_node *node = instance->free_head; node != NULL; node = node->next) {
+        uintptr_t address = (uintptr_t)node;
+        if (address < block_start || address - block_start >= instance->block_bytes) {
+            snprintf(why, why_bytes, "pool: free-list node %zu at %p lies outside the block [%p, +%zu)", free_count,
+                     (const void *)node, (void *)instance->block, instance->block_bytes);
+            return STATUS_DATA_ERROR;
+        }
+        size_t offset_bytes = address - block_start;
+        if (offset_bytes % instance->stride_bytes != 0) {
+            snprintf(why, why_bytes, "pool: free-list node %zu at %p is %zu bytes past a frame start (stride %zu)",
+                     free_count, (const void *)node, offset_bytes % instance->stride_bytes, instance->stride_bytes);
+            return STATUS_DATA_ERROR;
+        }
+        size_t index = offset_bytes / instance->stride_bytes;
+        uint64_t bit = UINT64_C(1) << (index % 64);
+        if (instance->seen[index / 64] & bit) {
+            snprintf(why, why_bytes, "pool: frame %zu at %p is on the free list twice (double free or a cycle)",
+                     index, (const void *)node);
+            return STATUS_DATA_ERROR;
+        }
+        instance->seen[index / 64] |= bit;
+        free_count++;
+    }
+    /* No duplicates among in-block frames already bounds the count by Frames; kept as the stated
+     * invariant in case the walk above is ever relaxed. */
+    if (free_count > instance->frames) {
+        snprintf(why, why_bytes, "pool: %zu frames on the free list, more than the %u the pool has", free_count,
+                 (unsigned)instance->frames);
+        return STATUS_DATA_ERROR;
+    }
+    return STATUS_SUCCESS;
+}
+
+static size_t pool_counters(PVOID context, ks_counter *out, size_t max_counters)
+{
+    const pool *instance = context;
+    const ks_counter counters[] = {
+        {"frames", instance->frames},
+        {"stride_bytes", instance->stride_bytes},
+        {"reserved_bytes", instance->block_bytes},
+    };
+    size_t count = 0;
+    for (; count < sizeof counters / sizeof counters[0] && count < max_counters; count++)
+        out[count] = counters[count];
+    return count;
+}
+
+static const KSALLOCATOR_DISPATCH pool_dispatch = {
+    .InitializeAllocator = pool_initialize,
+    .DeleteAllocator = pool_delete,
+    .Allocate = pool_allocate,
+    .Free = pool_free,
+};
+
+const ks_allocator_entry ks_allocator_pool = {
+    .abi_version = KSALLOC_ABI_VERSION,
+    .struct_bytes = sizeof(ks_allocator_entry),
+    .name = "pool",
+    .description = "Frames preallocated frames in one block, intrusive LIFO free list; the O(1) reference",
+    .caps = KS_CAP_BOUNDED | KS_CAP_GUARANTEED,
+    .max_frame_bytes = KS_POOL_MAX_FRAME_BYTES,
+    .max_align_bytes = KS_POOL_MAX_ALIGN_BYTES,
+    .dispatch = &pool_dispatch,
+    .self_check = pool_self_check,
+    .counters = pool_counters,
+};
