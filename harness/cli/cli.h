@@ -1,0 +1,45 @@
+/*
+ * cli.h -- the ksalloc command line: shared option parsing and the subcommands. The CLI is the
+ * only place that prints and decides exit codes; everything it calls returns errors as values.
+ *
+ * Exit codes: 0 clean; 1 the verifier found a fault; 2 bad usage (flag, value); 3 an error that
+ * stopped the run (plugin load, allocator initialisation, trace file, I/O).
+ */
+#ifndef KS_CLI_H
+#define KS_CLI_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "catalogue.h"
+#include "verifier.h"
+#include "workload.h"
+
+enum { KS_EXIT_CLEAN = 0, KS_EXIT_FAULT = 1, KS_EXIT_USAGE = 2, KS_EXIT_ERROR = 3 };
+
+/* Strict number parsing for flag values: the whole string must be a number in range. Sizes take
+ * an optional K, M or G suffix (KiB, MiB, GiB). On failure they print
+ * "ksalloc <cmd>: <flag>: '<text>' <why>" to stderr and return false. */
+bool ks_cli_parse_u64(const char *cmd, const char *flag, const char *text, uint64_t max, uint64_t *value);
+bool ks_cli_parse_bytes(const char *cmd, const char *flag, const char *text, uint64_t max, uint64_t *value);
+
+/* Prints "ksalloc <cmd>: <message>" and the command's usage to stderr; returns KS_EXIT_USAGE. */
+int ks_cli_usage_error(const char *cmd, const char *usage, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* A verifier session whose faults are printed to stderr as they are found (at most max_printed,
+ * then counted only). */
+typedef struct ks_cli_fault_printer {
+    uint64_t printed;
+    uint64_t max_printed;
+} ks_cli_fault_printer;
+void ks_cli_print_fault(void *printer, const ks_fault *fault);
+
+/* Prints the run's one-line summary to stdout. */
+void ks_cli_print_summary(const char *label, const ks_run_stats *stats, uint64_t faults);
+
+int ks_cmd_list(int argc, char **argv);
+int ks_cmd_run(int argc, char **argv);
+int ks_cmd_replay(int argc, char **argv);
+
+#endif

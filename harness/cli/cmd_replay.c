@@ -1,0 +1,165 @@
+/*
+ * cmd_replay.c -- `ksalloc replay FILE`: re-runs a recorded trace op by op through the verifier.
+ * The allocator each pin names in the trace is used unless --allocator/--plugin overrides it for
+ * every pin, which is how a trace recorded on one allocator is tried on another. An ALLOCATE
+ * whose outcome differs from the recorded one is reported as a divergence (the run goes on);
+ * an op the state cannot take any more (a FREE past the live frames) stops the replay.
+ */
+#include <getopt.h>
+#include <inttypes.h>
+#include <string.h>
+
+#include "cli.h"
+#include "trace.h"
+
+static const char usage[] =
+    "usage: ksalloc replay FILE [options]\n"
+    "  --allocator NAME   replay every pin on this allocator (catalogue name or plugin:PATH)\n"
+    "  --plugin PATH      replay every pin on this plugin\n"
+    "  --no-verify        replay bare (no checks)\n"
+    "  --keep-going       do not stop at the first fault\n"
+    "  --max-faults N     faults printed (default 10)\n";
+
+typedef struct replay_options {
+    const char *path;
+    const char *allocator;
+    bool verify;
+    bool keep_going;
+    uint64_t max_faults;
+    char plugin_spec[KS_ALLOCATOR_NAME_BYTES];
+} replay_options;
+
+static int parse_replay_options(int argc, char **argv, replay_options *opts)
+{
+    enum { O_ALLOCATOR = 1, O_PLUGIN, O_NO_VERIFY, O_KEEP_GOING, O_MAX_FAULTS, O_HELP };
+    static const struct option options[] = {
+        {"allocator", required_argument, NULL, O_ALLOCATOR}, {"plugin", required_argument, NULL, O_PLUGIN},
+        {"no-verify", no_argument, NULL, O_NO_VERIFY}, {"keep-going", no_argument, NULL, O_KEEP_GOING},
+        {"max-faults", required_argument, NULL, O_MAX_FAULTS}, {"help", no_argument, NULL, O_HELP},
+        {NULL, 0, NULL, 0}};
+    opterr = 0;
+    optind = 1;
+    for (int opt; (opt = getopt_long(argc, argv, ":", options, NULL)) != -1;) {
+        switch (opt) {
+        case O_ALLOCATOR: opts->allocator = optarg; break;
+        case O_PLUGIN:
+            if (snprintf(opts->plugin_spec, sizeof opts->plugin_spec, "plugin:%s", optarg) >=
+                (int)sizeof opts->plugin_spec)
+                return ks_cli_usage_error("replay", usage, "--plugin: path too long");
+            opts->allocator = opts->plugin_spec;
+            break;
+        case O_NO_VERIFY: opts->verify = false; break;
+        case O_KEEP_GOING: opts->keep_going = true; break;
+        case O_MAX_FAULTS:
+            if (!ks_cli_parse_u64("replay", "--max-faults", optarg, UINT32_MAX, &opts->max_faults))
+                return KS_EXIT_USAGE;
+            break;
+        case O_HELP: fputs(usage, stdout); return KS_EXIT_CLEAN;
+        case ':': return ks_cli_usage_error("replay", usage, "%s needs a value", argv[optind - 1]);
+        default: return ks_cli_usage_error("replay", usage, "unknown option '%s'", argv[optind - 1]);
+        }
+    }
+    if (optind == argc)
+        return ks_cli_usage_error("replay", usage, "name the trace FILE to replay");
+    if (optind + 1 < argc)
+        return ks_cli_usage_error("replay", usage, "unexpected argument '%s'", argv[optind + 1]);
+    opts->path = argv[optind];
+    return -1;
+}
+
+/* Resolves every pin's allocator; plugins loaded are kept in plugins[] for the caller to unload. */
+static NTSTATUS resolve_pins(ks_workload_config *config, const char *override, ks_plugin **plugins, ks_error *err)
+{
+    for (unsigned i = 0; i < config->pin_count; i++) {
+        ks_pin_config *pin = &config->pins[i];
+        if (override)
+            snprintf(pin->allocator, sizeof pin->allocator, "%s", override);
+        for (unsigned j = 0; j < i; j++)
+            if (strcmp(config->pins[j].allocator, pin->allocator) == 0)
+                pin->entry = config->pins[j].entry;
+        if (pin->entry == NULL) {
+            NTSTATUS status = ks_allocator_resolve(pin->allocator, &pin->entry, &plugins[i], err);
+            if (!NT_SUCCESS(status))
+                return status;
+        }
+    }
+    return STATUS_SUCCESS;
+}
+
+/* Steps every op; returns the number of divergences or -1 on an engine error (in err). */
+static int64_t replay_ops(ks_engine *engine, const ks_trace *trace, ks_verifier *verifier, bool keep_going,
+                          ks_error *err)
+{
+    int64_t divergences = 0;
+    for (size_t i = 0; i < trace->op_count; i++) {
+        bool allocated = false;
+        if (!NT_SUCCESS(ks_engine_step(engine, &trace->ops[i], &allocated, err))) {
+            ks_error_set(err, err->status, "op %zu: %s", i, err->message);
+            return -1;
+        }
+        if (trace->ops[i].kind == KS_OP_ALLOCATE && allocated != (trace->allocated[i] != 0)) {
+            if (divergences++ < 10)
+                fprintf(stderr, "divergence: op %zu: ALLOCATE on pin %u %s, the trace recorded %s\n", i,
+                        trace->ops[i].pin, allocated ? "got a frame" : "returned NULL",
+                        trace->allocated[i] ? "a frame" : "NULL");
+        }
+        if (verifier && !keep_going && ks_verifier_fault_count(verifier) > 0)
+            break;
+    }
+    return divergences;
+}
+
+int ks_cmd_replay(int argc, char **argv)
+{
+    replay_options opts = {.verify = true, .max_faults = 10};
+    int parsed = parse_replay_options(argc, argv, &opts);
+    if (parsed >= 0)
+        return parsed;
+
+    ks_error err;
+    ks_error_clear(&err);
+    ks_trace trace;
+    memset(&trace, 0, sizeof trace);
+    if (!NT_SUCCESS(ks_trace_load(opts.path, &trace, &err))) {
+        fprintf(stderr, "ksalloc replay: %s\n", err.message);
+        return KS_EXIT_ERROR;
+    }
+    ks_plugin *plugins[KS_MAX_PINS] = {NULL};
+    ks_cli_fault_printer printer = {.max_printed = opts.max_faults};
+    ks_verifier_options vopts = {.on_fault = ks_cli_print_fault, .on_fault_arg = &printer};
+    ks_verifier *verifier = NULL;
+    ks_engine *engine = NULL;
+    int exit_code = KS_EXIT_ERROR;
+    int64_t divergences = 0;
+    if (!NT_SUCCESS(resolve_pins(&trace.config, opts.allocator, plugins, &err)))
+        goto out;
+    if (opts.verify && !NT_SUCCESS(ks_verifier_create(&vopts, &verifier, &err)))
+        goto out;
+    ks_engine_options eopts = {.verifier = verifier};
+    if (!NT_SUCCESS(ks_engine_open(&trace.config, &eopts, &engine, &err)))
+        goto out;
+    divergences = replay_ops(engine, &trace, verifier, opts.keep_going, &err);
+    ks_run_stats stats = *ks_engine_stats(engine);
+    NTSTATUS close_status = ks_engine_close(engine, divergences < 0 ? NULL : &err);
+    engine = NULL;
+    if (divergences < 0 || !NT_SUCCESS(close_status))
+        goto out;
+    uint64_t faults = verifier ? ks_verifier_fault_count(verifier) : 0;
+    char label[512];
+    snprintf(label, sizeof label, "replay file=%s profile=%s seed=%" PRIu64 " divergences=%" PRId64, opts.path,
+             trace.profile, trace.seed, divergences);
+    ks_cli_print_summary(label, &stats, faults);
+    exit_code = faults ? KS_EXIT_FAULT : KS_EXIT_CLEAN;
+out:
+    if (exit_code == KS_EXIT_ERROR)
+        fprintf(stderr, "ksalloc replay: %s: %s\n", opts.path, err.message);
+    if (engine)
+        ks_engine_close(engine, NULL);
+    if (verifier)
+        ks_verifier_destroy(verifier);
+    for (unsigned i = 0; i < KS_MAX_PINS; i++)
+        if (plugins[i])
+            ks_plugin_unload(plugins[i]);
+    ks_trace_release(&trace);
+    return exit_code;
+}
