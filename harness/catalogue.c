@@ -19,12 +19,20 @@ extern const ks_allocator_entry ks_allocator_system;
 extern const ks_allocator_entry ks_allocator_jemalloc;
 extern const ks_allocator_entry ks_allocator_lookaside;
 extern const ks_allocator_entry ks_allocator_pool;
+extern const ks_allocator_entry ks_allocator_mimalloc;
+extern const ks_allocator_entry ks_allocator_tcmalloc;
+extern const ks_allocator_entry ks_allocator_buddy;
+extern const ks_allocator_entry ks_allocator_tlsf;
 
 static const ks_allocator_entry *const builtin_entries[] = {
     &ks_allocator_system,
     &ks_allocator_jemalloc,
     &ks_allocator_lookaside,
     &ks_allocator_pool,
+    &ks_allocator_mimalloc,
+    &ks_allocator_tcmalloc,
+    &ks_allocator_buddy,
+    &ks_allocator_tlsf,
 };
 
 #define BUILTIN_COUNT (sizeof builtin_entries / sizeof builtin_entries[0])
