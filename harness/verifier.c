@@ -75,6 +75,12 @@ typedef struct verifier_instance {
     bool capacity_promised;      /* MUST_ALLOCATE or KS_CAP_GUARANTEED, with Frames != 0 */
     bool bounded;                /* KS_CAP_BOUNDED with Frames != 0 */
     _Atomic uint64_t ops;        /* this instance's Allocate, Free and Touch calls */
+    /* Calls between the inner allocator and the shadow map: an Allocate that may hold a frame the
+     * map does not show yet, a Free whose frame left the map but not yet the allocator. With
+     * several threads, a NULL is only a broken promise if the promise still fails counting these
+     * (single-threaded both are 0 and the check is exact). */
+    _Atomic uint64_t allocates_in_flight;
+    _Atomic uint64_t frees_in_flight;
     /* Under the session lock from here on. */
     ks_shadow_owner owner;
     uintptr_t faulted_frames[VERIFIER_FAULTED_FRAMES]; /* oldest first */
@@ -491,7 +497,10 @@ static void finish_op(verifier_instance *inst, uint64_t op_index, fault_batch *b
 
 static void check_null_locked(const verifier_instance *inst, uint64_t op_index, fault_batch *batch)
 {
-    if (!inst->capacity_promised || inst->owner.live >= inst->framing.Frames)
+    if (!inst->capacity_promised)
+        return;
+    uint64_t others_in_flight = atomic_load(&inst->allocates_in_flight) - 1 + atomic_load(&inst->frees_in_flight);
+    if (inst->owner.live + others_in_flight >= inst->framing.Frames)
         return;
     batch_add(batch, inst, KS_FAULT_NULL_PROMISED, op_index, 0,
               "Allocate returned NULL with %" PRIu64 " of %u frames live and capacity promised (%s)", inst->owner.live,
@@ -568,6 +577,7 @@ static PVOID verifier_allocate(PVOID context)
     verifier_instance *inst = context;
     ks_verifier *verifier = inst->session;
     uint64_t op_index = atomic_fetch_add(&verifier->op_count, 1);
+    atomic_fetch_add(&inst->allocates_in_flight, 1);
     void *frame = inst->entry->dispatch->Allocate(inst->inner_context);
     fault_batch batch;
     batch.count = 0;
@@ -577,6 +587,7 @@ static PVOID verifier_allocate(PVOID context)
         check_null_locked(inst, op_index, &batch);
     else
         verdict = admit_frame_locked(inst, (uintptr_t)frame, op_index, &batch);
+    atomic_fetch_sub(&inst->allocates_in_flight, 1);
     pthread_mutex_unlock(&verifier->lock);
     if (verdict == ADMIT_TRACKED) {
         pattern_fill(frame, inst->framing.FrameSize, pattern_seed(verifier, op_index, 0));
@@ -631,10 +642,13 @@ static void verifier_free(PVOID context, PVOID buffer)
     frame_snapshot snap;
     pthread_mutex_lock(&verifier->lock);
     release_verdict verdict = lookup_locked(inst, (uintptr_t)buffer, true, op_index, &snap, &batch);
+    if (verdict == RELEASE_TRACKED)
+        atomic_fetch_add(&inst->frees_in_flight, 1);
     pthread_mutex_unlock(&verifier->lock);
     if (verdict == RELEASE_TRACKED) {
         check_frame_pattern(inst, &snap, op_index, "Free", &batch);
         inst->entry->dispatch->Free(inst->inner_context, buffer);
+        atomic_fetch_sub(&inst->frees_in_flight, 1);
     }
     finish_op(inst, op_index, &batch);
 }
@@ -787,4 +801,14 @@ const ks_fault *ks_verifier_fault_at(const ks_verifier *verifier, uint64_t index
 uint64_t ks_verifier_op_count(const ks_verifier *verifier)
 {
     return atomic_load(&verifier->op_count);
+}
+
+uint64_t ks_verifier_internal_failures(ks_verifier *verifier, ks_error *err)
+{
+    pthread_mutex_lock(&verifier->lock);
+    uint64_t failures = verifier->internal_failures;
+    if (err != NULL)
+        *err = verifier->internal_error;
+    pthread_mutex_unlock(&verifier->lock);
+    return failures;
 }

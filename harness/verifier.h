@@ -99,6 +99,11 @@ uint64_t ks_verifier_live(void *instance_context);
 uint64_t ks_verifier_fault_count(const ks_verifier *verifier);
 /* The index-th fault kept (0 = first found), or NULL. */
 const ks_fault *ks_verifier_fault_at(const ks_verifier *verifier, uint64_t index);
+/* Internal failures of the verifier itself (its shadow node pool could not grow; Allocate then
+ * gave the frame back and returned NULL). Not faults of the allocator. err (may be NULL) gets the
+ * first one's message. */
+uint64_t ks_verifier_internal_failures(ks_verifier *verifier, ks_error *err);
+
 /* Ops counted so far in the session (Allocate, Free and Touch calls). */
 uint64_t ks_verifier_op_count(const ks_verifier *verifier);
 

@@ -841,6 +841,10 @@ Test(verifier, shadow_pool_exhaustion_gives_the_frame_back_and_is_not_a_fault)
     cr_assert_eq(after.free_frame, before.free_frame + 1, "the frame went back to the allocator");
     cr_assert_eq(ks_verifier_live(v.context), 0);
     expect_fault_count(verifier, 0); /* not NULL_PROMISED: the allocator did serve */
+    ks_error internal;
+    cr_assert_eq(ks_verifier_internal_failures(verifier, &internal), 1);
+    cr_assert_eq(internal.status, STATUS_INSUFFICIENT_RESOURCES);
+    cr_assert_not_null(strstr(internal.message, "shadow node pool could not grow"), "%s", internal.message);
     ks_shadow_inject_growth_failure(SIZE_MAX);
     void *frame = v_allocate(&v);
     cr_assert_not_null(frame);
@@ -913,5 +917,41 @@ Test(verifier, threads_sharing_a_session_and_an_instance_stay_silent)
     v_delete(&shared);
     v_delete(&own);
     expect_fault_count(verifier, 0);
+    ks_verifier_destroy(verifier);
+}
+
+/* Two threads at the capacity edge of a guaranteed allocator: a NULL there is legitimate whenever
+ * the other thread's frames fill the pool, including frames the allocator has handed out but the
+ * shadow map does not show yet, and frames the map no longer shows but the allocator has not got
+ * back yet. The verifier must not call any of those a broken promise. */
+#define EDGE_ROUNDS 20000
+
+static void *edge_thread_main(void *arg)
+{
+    verified *v = arg;
+    void *held[3];
+    for (int round = 0; round < EDGE_ROUNDS; round++) {
+        unsigned count = 0;
+        while (count < 3 && (held[count] = v_allocate(v)) != NULL)
+            count++;
+        while (count > 0)
+            v_free(v, held[--count]);
+    }
+    return NULL;
+}
+
+Test(verifier, threads_at_the_capacity_edge_of_a_guaranteed_allocator_stay_silent)
+{
+    ks_verifier *verifier = open_session(NULL, 0, 0);
+    verified shared;
+    open_verified(verifier, &ks_test_reference_entry, framing_of(4, 64, FILE_QUAD_ALIGNMENT, 0), NULL, &shared);
+    cr_assert(ks_test_reference_entry.caps & KS_CAP_GUARANTEED, "the control needs a capacity promise");
+    pthread_t threads[2];
+    for (int t = 0; t < 2; t++)
+        cr_assert_eq(pthread_create(&threads[t], NULL, edge_thread_main, &shared), 0);
+    for (int t = 0; t < 2; t++)
+        pthread_join(threads[t], NULL);
+    expect_fault_count(verifier, 0);
+    v_delete(&shared);
     ks_verifier_destroy(verifier);
 }
