@@ -1,0 +1,554 @@
+/*
+ * physmem.c -- emulated physical memory: which host page sits at which emulated physical
+ * address, so that a device with a 32-bit (or 24-bit) mask really cannot reach some of it.
+ *
+ * The emulated RAM spans [0, top) (8 GiB by default) in 4 KiB pages. A bitmap allocator
+ * (bitalloc.c) hands out physical pages; placement draws, per allocation (or per page of a
+ * scattered allocation), whether it lies at or above the high boundary (4 GiB, or 16 MiB for
+ * ISA-style devices) with the configured probability, then takes pages below the caller's limit:
+ * next-fit for contiguous runs, a random starting point for scattered pages so that a
+ * scatter/gather list really is scattered. Page 0 is never handed out, so bus address 0 is never
+ * valid.
+ *
+ * Two ways in: ks_physmem_alloc reserves host memory with mmap and gives its pages physical
+ * addresses (common buffers, bounce pools, the pages of dma_sg frames); ks_physmem_pin gives
+ * addresses to memory the caller owns (a frame of any allocator mapped with map_single), one
+ * physical run per run of pages not known yet, as a kernel buffer would be physically contiguous.
+ * Every page carries a pin count (the owning allocation's pin plus one per mapping); a page is
+ * forgotten when it reaches zero, and an allocation's host memory is unmapped only when its last
+ * page is, so freeing a common buffer that is still mapped elsewhere (a bug the checker reports)
+ * never leaves the device pointing at unmapped host memory.
+ *
+ * Lookups both ways are O(1): host page -> record by an open-addressing hash (linear probing,
+ * backward-shift deletion), physical page -> record by a two-level radix table whose leaves are
+ * made on demand. Records come from slabs. Memory: ~64 bytes per known page plus the bitmap
+ * (one bit per emulated page) and the radix directory. Not thread-safe: the adapter serialises.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "dma_internal.h"
+
+#define RADIX_LEAF_BITS 12u
+#define RADIX_LEAF_ENTRIES ((uint64_t)1 << RADIX_LEAF_BITS)
+#define SLAB_RECORDS 256u
+#define DEFAULT_TOP_BYTES ((uint64_t)8 << 30)
+#define DEFAULT_HIGH_BOUNDARY_BYTES ((uint64_t)4 << 30)
+#define MAX_TOP_BYTES ((uint64_t)1 << 40)
+
+_Static_assert(KS_DMA_PAGE_BYTES == 4096u, "physmem models 4 KiB pages");
+
+struct ks_phys_alloc {
+    void *map_base; /* what mmap returned */
+    size_t map_bytes;
+    uint64_t pages_live; /* records not released yet */
+    bool owner_live;     /* ks_physmem_free not called yet */
+    ks_phys_alloc *prev, *next;
+};
+
+typedef struct page_slab {
+    struct page_slab *next;
+    ks_phys_page records[SLAB_RECORDS];
+} page_slab;
+
+struct ks_physmem {
+    ks_physmem_options options;
+    uint64_t top_pages, boundary_pages;
+    ks_bitalloc frames;
+    uint64_t next_fit[2]; /* per zone: low, high */
+    uint64_t random_state;
+    /* host page number -> record */
+    ks_phys_page **hash_slots;
+    uint64_t hash_capacity, hash_used;
+    /* physical page number -> record */
+    ks_phys_page ***radix;
+    uint64_t radix_leaves;
+    page_slab *slabs;
+    ks_phys_page *free_records;
+    ks_phys_alloc *allocs;
+    uint64_t pages_live, pages_high;
+};
+
+/* ---- host hash -------------------------------------------------------------------------------- */
+
+static uint64_t hash_index(const ks_physmem *physmem, uint64_t host_page)
+{
+    return (host_page * 0x9E3779B97F4A7C15ull) >> (64 - __builtin_ctzll(physmem->hash_capacity));
+}
+
+static bool hash_grow(ks_physmem *physmem)
+{
+    uint64_t old_capacity = physmem->hash_capacity;
+    ks_phys_page **old_slots = physmem->hash_slots;
+    uint64_t capacity = old_capacity == 0 ? 1024u : old_capacity * 2u;
+    ks_phys_page **slots = calloc(capacity, sizeof *slots);
+    if (slots == NULL)
+        return false;
+    physmem->hash_slots = slots;
+    physmem->hash_capacity = capacity;
+    for (uint64_t i = 0; i < old_capacity; i++) {
+        ks_phys_page *page = old_slots[i];
+        if (page == NULL)
+            continue;
+        uint64_t slot = hash_index(physmem, page->host >> KS_DMA_PAGE_SHIFT);
+        while (slots[slot] != NULL)
+            slot = (slot + 1u) & (capacity - 1u);
+        slots[slot] = page;
+    }
+    free(old_slots);
+    return true;
+}
+
+static bool hash_insert(ks_physmem *physmem, ks_phys_page *page)
+{
+    if ((physmem->hash_used + 1u) * 2u > physmem->hash_capacity && !hash_grow(physmem))
+        return false;
+    uint64_t slot = hash_index(physmem, page->host >> KS_DMA_PAGE_SHIFT);
+    while (physmem->hash_slots[slot] != NULL)
+        slot = (slot + 1u) & (physmem->hash_capacity - 1u);
+    physmem->hash_slots[slot] = page;
+    physmem->hash_used++;
+    return true;
+}
+
+static uint64_t hash_find_slot(const ks_physmem *physmem, uintptr_t host_page_addr)
+{
+    if (physmem->hash_capacity == 0)
+        return UINT64_MAX;
+    uint64_t slot = hash_index(physmem, host_page_addr >> KS_DMA_PAGE_SHIFT);
+    for (ks_phys_page *page; (page = physmem->hash_slots[slot]) != NULL;
+         slot = (slot + 1u) & (physmem->hash_capacity - 1u))
+        if (page->host == host_page_addr)
+            return slot;
+    return UINT64_MAX;
+}
+
+/* Backward-shift deletion keeps every probe chain unbroken without tombstones. */
+static void hash_remove(ks_physmem *physmem, uintptr_t host_page_addr)
+{
+    uint64_t hole = hash_find_slot(physmem, host_page_addr);
+    if (hole == UINT64_MAX)
+        return;
+    uint64_t mask = physmem->hash_capacity - 1u;
+    physmem->hash_slots[hole] = NULL;
+    physmem->hash_used--;
+    for (uint64_t slot = (hole + 1u) & mask; physmem->hash_slots[slot] != NULL; slot = (slot + 1u) & mask) {
+        uint64_t home = hash_index(physmem, physmem->hash_slots[slot]->host >> KS_DMA_PAGE_SHIFT);
+        /* Move the entry into the hole unless its home lies cyclically in (hole, slot]. */
+        bool home_after_hole = hole <= slot ? (home > hole && home <= slot) : (home > hole || home <= slot);
+        if (home_after_hole)
+            continue;
+        physmem->hash_slots[hole] = physmem->hash_slots[slot];
+        physmem->hash_slots[slot] = NULL;
+        hole = slot;
+    }
+}
+
+ks_phys_page *ks_physmem_page_of_host(const ks_physmem *physmem, uintptr_t host)
+{
+    uint64_t slot = hash_find_slot(physmem, (uintptr_t)ks_dma_align_down(host, KS_DMA_PAGE_BYTES));
+    return slot == UINT64_MAX ? NULL : physmem->hash_slots[slot];
+}
+
+/* ---- physical radix --------------------------------------------------------------------------- */
+
+static bool radix_set(ks_physmem *physmem, uint64_t phys_page, ks_phys_page *page)
+{
+    uint64_t leaf_index = phys_page >> RADIX_LEAF_BITS;
+    if (physmem->radix[leaf_index] == NULL) {
+        if (page == NULL)
+            return true;
+        physmem->radix[leaf_index] = calloc(RADIX_LEAF_ENTRIES, sizeof(ks_phys_page *));
+        if (physmem->radix[leaf_index] == NULL)
+            return false;
+    }
+    physmem->radix[leaf_index][phys_page & (RADIX_LEAF_ENTRIES - 1u)] = page;
+    return true;
+}
+
+ks_phys_page *ks_physmem_page_of_phys(const ks_physmem *physmem, uint64_t phys)
+{
+    uint64_t phys_page = phys >> KS_DMA_PAGE_SHIFT;
+    if (phys_page >= physmem->top_pages)
+        return NULL;
+    ks_phys_page **leaf = physmem->radix[phys_page >> RADIX_LEAF_BITS];
+    return leaf == NULL ? NULL : leaf[phys_page & (RADIX_LEAF_ENTRIES - 1u)];
+}
+
+/* ---- records ------------------------------------------------------------------------------------ */
+
+static ks_phys_page *record_new(ks_physmem *physmem)
+{
+    if (physmem->free_records == NULL) {
+        page_slab *slab = calloc(1, sizeof *slab);
+        if (slab == NULL)
+            return NULL;
+        slab->next = physmem->slabs;
+        physmem->slabs = slab;
+        for (unsigned i = 0; i < SLAB_RECORDS; i++) {
+            slab->records[i].next_free = physmem->free_records;
+            physmem->free_records = &slab->records[i];
+        }
+    }
+    ks_phys_page *page = physmem->free_records;
+    physmem->free_records = page->next_free;
+    memset(page, 0, sizeof *page);
+    return page;
+}
+
+/* Makes the record for host page <-> phys page; the caller has reserved the phys page. */
+static ks_phys_page *page_create(ks_physmem *physmem, uintptr_t host, uint64_t phys_page, ks_phys_alloc *owner,
+                                 bool uncached)
+{
+    ks_phys_page *page = record_new(physmem);
+    if (page == NULL)
+        return NULL;
+    page->host = host;
+    page->phys = phys_page << KS_DMA_PAGE_SHIFT;
+    page->pins = 1;
+    page->owner = owner;
+    page->uncached = uncached;
+    if (!hash_insert(physmem, page) || !radix_set(physmem, phys_page, page)) {
+        hash_remove(physmem, host);
+        page->next_free = physmem->free_records;
+        physmem->free_records = page;
+        return NULL;
+    }
+    physmem->pages_live++;
+    if (phys_page >= physmem->boundary_pages)
+        physmem->pages_high++;
+    if (owner != NULL)
+        owner->pages_live++;
+    return page;
+}
+
+static void alloc_release(ks_physmem *physmem, ks_phys_alloc *alloc)
+{
+    if (alloc->prev != NULL)
+        alloc->prev->next = alloc->next;
+    else
+        physmem->allocs = alloc->next;
+    if (alloc->next != NULL)
+        alloc->next->prev = alloc->prev;
+    munmap(alloc->map_base, alloc->map_bytes);
+    free(alloc);
+}
+
+/* Forgets a page whose last pin went. */
+static void page_release(ks_physmem *physmem, ks_phys_page *page)
+{
+    uint64_t phys_page = page->phys >> KS_DMA_PAGE_SHIFT;
+    hash_remove(physmem, page->host);
+    radix_set(physmem, phys_page, NULL);
+    ks_bitalloc_free(&physmem->frames, phys_page, 1);
+    physmem->pages_live--;
+    if (phys_page >= physmem->boundary_pages)
+        physmem->pages_high--;
+    free(page->ram);
+    ks_phys_alloc *owner = page->owner;
+    page->next_free = physmem->free_records;
+    physmem->free_records = page;
+    if (owner != NULL && --owner->pages_live == 0 && !owner->owner_live)
+        alloc_release(physmem, owner);
+}
+
+static void page_unpin(ks_physmem *physmem, ks_phys_page *page)
+{
+    if (page->pins > 0 && --page->pins == 0)
+        page_release(physmem, page);
+}
+
+/* ---- placement ---------------------------------------------------------------------------------- */
+
+/* Reserves pages physical pages aligned to align_pages below limit_pages: in the high zone with
+ * probability high_percent, in the other when the first has no room. */
+static uint64_t place(ks_physmem *physmem, uint64_t pages, uint64_t align_pages, uint64_t limit_pages,
+                      bool scatter)
+{
+    uint64_t lo[2] = {1, physmem->boundary_pages};
+    uint64_t hi[2] = {physmem->boundary_pages, physmem->top_pages};
+    bool prefer_high = ks_dma_random_next(&physmem->random_state) % 100u < physmem->options.high_percent;
+    for (unsigned attempt = 0; attempt < 2; attempt++) {
+        unsigned zone = (unsigned)prefer_high ^ attempt;
+        uint64_t zone_hi = hi[zone] < limit_pages ? hi[zone] : limit_pages;
+        if (lo[zone] >= zone_hi || zone_hi - lo[zone] < pages)
+            continue;
+        uint64_t from = scatter ? lo[zone] + ks_dma_random_next(&physmem->random_state) % (zone_hi - lo[zone])
+                                : physmem->next_fit[zone];
+        uint64_t start = ks_bitalloc_alloc(&physmem->frames, pages, align_pages, lo[zone], zone_hi, from);
+        if (start == KS_BITALLOC_NONE)
+            continue;
+        if (!scatter)
+            physmem->next_fit[zone] = start + pages;
+        return start;
+    }
+    return KS_BITALLOC_NONE;
+}
+
+/* ---- create / destroy ------------------------------------------------------------------------ */
+
+NTSTATUS ks_physmem_create(const ks_physmem_options *options, ks_physmem **out, ks_error *err)
+{
+    *out = NULL;
+    ks_physmem_options settled = *options;
+    if (settled.high_boundary_bytes == 0)
+        settled.high_boundary_bytes = DEFAULT_HIGH_BOUNDARY_BYTES;
+    if (settled.top_bytes == 0)
+        settled.top_bytes = DEFAULT_TOP_BYTES;
+    if (settled.high_percent > 100u)
+        return ks_error_set(err, STATUS_INVALID_PARAMETER, "physmem: high_percent %u is over 100",
+                            settled.high_percent);
+    if ((settled.high_boundary_bytes & KS_DMA_PAGE_MASK) != 0 || (settled.top_bytes & KS_DMA_PAGE_MASK) != 0 ||
+        settled.top_bytes <= settled.high_boundary_bytes || settled.top_bytes > MAX_TOP_BYTES)
+        return ks_error_set(err, STATUS_INVALID_PARAMETER,
+                            "physmem: need page-aligned 0 < high boundary 0x%llx < top 0x%llx <= 1 TiB",
+                            (unsigned long long)settled.high_boundary_bytes, (unsigned long long)settled.top_bytes);
+    ks_physmem *physmem = calloc(1, sizeof *physmem);
+    if (physmem == NULL)
+        return ks_error_set(err, STATUS_INSUFFICIENT_RESOURCES, "physmem: no memory");
+    physmem->options = settled;
+    physmem->top_pages = settled.top_bytes >> KS_DMA_PAGE_SHIFT;
+    physmem->boundary_pages = settled.high_boundary_bytes >> KS_DMA_PAGE_SHIFT;
+    physmem->next_fit[0] = 1;
+    physmem->next_fit[1] = physmem->boundary_pages;
+    physmem->random_state = settled.seed ^ 0x5DEECE66Dull;
+    physmem->radix_leaves = (physmem->top_pages + RADIX_LEAF_ENTRIES - 1u) >> RADIX_LEAF_BITS;
+    physmem->radix = calloc(physmem->radix_leaves, sizeof *physmem->radix);
+    NTSTATUS status = physmem->radix == NULL
+                          ? ks_error_set(err, STATUS_INSUFFICIENT_RESOURCES, "physmem: no memory for the radix")
+                          : ks_bitalloc_init(&physmem->frames, physmem->top_pages, err);
+    if (!NT_SUCCESS(status)) {
+        free(physmem->radix);
+        free(physmem);
+        return status;
+    }
+    ks_bitalloc_alloc(&physmem->frames, 1, 1, 0, 1, 0); /* page 0: bus address 0 never valid */
+    *out = physmem;
+    return STATUS_SUCCESS;
+}
+
+void ks_physmem_destroy(ks_physmem *physmem)
+{
+    if (physmem == NULL)
+        return;
+    for (uint64_t i = 0; i < physmem->hash_capacity; i++)
+        if (physmem->hash_slots[i] != NULL)
+            free(physmem->hash_slots[i]->ram);
+    while (physmem->allocs != NULL)
+        alloc_release(physmem, physmem->allocs);
+    while (physmem->slabs != NULL) {
+        page_slab *next = physmem->slabs->next;
+        free(physmem->slabs);
+        physmem->slabs = next;
+    }
+    for (uint64_t i = 0; i < physmem->radix_leaves; i++)
+        free(physmem->radix[i]);
+    free(physmem->radix);
+    free(physmem->hash_slots);
+    ks_bitalloc_destroy(&physmem->frames);
+    free(physmem);
+}
+
+/* ---- allocations ---------------------------------------------------------------------------- */
+
+static void *map_aligned(size_t bytes, size_t align_bytes, ks_phys_alloc *alloc)
+{
+    alloc->map_bytes = bytes + align_bytes - KS_DMA_PAGE_BYTES;
+    alloc->map_base = mmap(NULL, alloc->map_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (alloc->map_base == MAP_FAILED)
+        return NULL;
+    return (void *)(uintptr_t)ks_dma_align_up((uintptr_t)alloc->map_base, align_bytes);
+}
+
+/* Gives the pages of an allocation their physical pages; on failure releases what it made. */
+static NTSTATUS alloc_place_pages(ks_physmem *physmem, ks_phys_alloc *alloc, uintptr_t host, uint64_t pages,
+                                  uint64_t align_pages, uint64_t limit_pages, unsigned flags, ks_error *err)
+{
+    bool contiguous = (flags & KS_PHYS_CONTIGUOUS) != 0;
+    uint64_t run_start = contiguous ? place(physmem, pages, align_pages, limit_pages, false) : 0;
+    for (uint64_t i = 0; i < pages; i++) {
+        uint64_t phys_page = contiguous ? run_start : place(physmem, 1, 1, limit_pages, true);
+        if (phys_page == KS_BITALLOC_NONE)
+            return ks_error_set(err, STATUS_INSUFFICIENT_RESOURCES,
+                                "physmem: no %s physical memory for %llu pages below 0x%llx",
+                                contiguous ? "contiguous" : "free", (unsigned long long)pages,
+                                (unsigned long long)(limit_pages << KS_DMA_PAGE_SHIFT));
+        if (contiguous)
+            phys_page += i;
+        uintptr_t page_host = host + (uintptr_t)(i << KS_DMA_PAGE_SHIFT);
+        if (page_create(physmem, page_host, phys_page, alloc, (flags & KS_PHYS_UNCACHED) != 0) == NULL) {
+            ks_bitalloc_free(&physmem->frames, contiguous ? run_start + i : phys_page, contiguous ? pages - i : 1);
+            return ks_error_set(err, STATUS_INSUFFICIENT_RESOURCES, "physmem: no memory for page records");
+        }
+    }
+    return STATUS_SUCCESS;
+}
+
+/* Undoes a failed allocation: the records made so far are a prefix of its pages, and releasing
+ * the last of them releases the allocation itself. */
+static void alloc_abandon(ks_physmem *physmem, ks_phys_alloc *alloc, uintptr_t host)
+{
+    uint64_t created = alloc->pages_live;
+    alloc->owner_live = false;
+    if (created == 0) {
+        alloc_release(physmem, alloc);
+        return;
+    }
+    for (uint64_t i = 0; i < created; i++)
+        page_unpin(physmem, ks_physmem_page_of_host(physmem, host + (uintptr_t)(i << KS_DMA_PAGE_SHIFT)));
+}
+
+NTSTATUS ks_physmem_alloc(ks_physmem *physmem, size_t bytes, size_t align_bytes, uint64_t phys_limit,
+                          unsigned flags, void **host, ks_error *err)
+{
+    *host = NULL;
+    if (align_bytes < KS_DMA_PAGE_BYTES)
+        align_bytes = KS_DMA_PAGE_BYTES;
+    if (bytes == 0 || !ks_dma_is_pow2(align_bytes) || bytes > ((size_t)1 << 40))
+        return ks_error_set(err, STATUS_INVALID_PARAMETER, "physmem: bad allocation of %zu bytes aligned to %zu",
+                            bytes, align_bytes);
+    uint64_t pages = ks_dma_align_up(bytes, KS_DMA_PAGE_BYTES) >> KS_DMA_PAGE_SHIFT;
+    uint64_t limit_pages = phys_limit == 0 ? physmem->top_pages : phys_limit >> KS_DMA_PAGE_SHIFT;
+    ks_phys_alloc *alloc = calloc(1, sizeof *alloc);
+    void *base = alloc == NULL ? NULL : map_aligned(pages << KS_DMA_PAGE_SHIFT, align_bytes, alloc);
+    if (base == NULL) {
+        free(alloc);
+        return ks_error_set(err, STATUS_INSUFFICIENT_RESOURCES, "physmem: cannot reserve %zu bytes of host memory",
+                            bytes);
+    }
+    alloc->owner_live = true;
+    alloc->next = physmem->allocs;
+    if (alloc->next != NULL)
+        alloc->next->prev = alloc;
+    physmem->allocs = alloc;
+    NTSTATUS status = alloc_place_pages(physmem, alloc, (uintptr_t)base, pages, align_bytes >> KS_DMA_PAGE_SHIFT,
+                                        limit_pages, flags, err);
+    if (!NT_SUCCESS(status)) {
+        alloc_abandon(physmem, alloc, (uintptr_t)base);
+        return status;
+    }
+    *host = base;
+    return STATUS_SUCCESS;
+}
+
+void ks_physmem_free(ks_physmem *physmem, void *host)
+{
+    ks_phys_page *first = ks_physmem_page_of_host(physmem, (uintptr_t)host);
+    if (first == NULL || first->owner == NULL || !first->owner->owner_live)
+        return;
+    ks_phys_alloc *alloc = first->owner;
+    alloc->owner_live = false;
+    uint64_t pages = alloc->pages_live;
+    if (pages == 0) {
+        alloc_release(physmem, alloc);
+        return;
+    }
+    /* Every page of the allocation still carries the owner's pin; drop them in order. Releasing
+     * the last page may free alloc, so count down from a copy. */
+    for (uint64_t i = 0; i < pages; i++) {
+        ks_phys_page *page = ks_physmem_page_of_host(physmem, (uintptr_t)host + (uintptr_t)(i << KS_DMA_PAGE_SHIFT));
+        if (page != NULL && page->owner == alloc)
+            page_unpin(physmem, page);
+    }
+}
+
+/* ---- pins on caller memory --------------------------------------------------------------------- */
+
+/* Pages [first, first + count) are unknown: one physical run for them, anywhere. */
+static NTSTATUS pin_new_run(ks_physmem *physmem, uintptr_t first, uint64_t count, ks_error *err)
+{
+    uint64_t start = place(physmem, count, 1, physmem->top_pages, false);
+    if (start == KS_BITALLOC_NONE)
+        return ks_error_set(err, STATUS_INSUFFICIENT_RESOURCES, "physmem: no physical run of %llu pages for 0x%llx",
+                            (unsigned long long)count, (unsigned long long)first);
+    for (uint64_t i = 0; i < count; i++) {
+        if (page_create(physmem, first + (uintptr_t)(i << KS_DMA_PAGE_SHIFT), start + i, NULL, false) == NULL) {
+            ks_bitalloc_free(&physmem->frames, start + i, count - i);
+            for (uint64_t made = 0; made < i; made++)
+                page_unpin(physmem, ks_physmem_page_of_host(physmem, first + (uintptr_t)(made << KS_DMA_PAGE_SHIFT)));
+            return ks_error_set(err, STATUS_INSUFFICIENT_RESOURCES, "physmem: no memory for page records");
+        }
+    }
+    return STATUS_SUCCESS;
+}
+
+NTSTATUS ks_physmem_pin(ks_physmem *physmem, uintptr_t host, size_t bytes, ks_error *err)
+{
+    if (bytes == 0)
+        return STATUS_SUCCESS;
+    if (host + bytes < host || bytes > physmem->options.top_bytes)
+        return ks_error_set(err, STATUS_INVALID_PARAMETER,
+                            "physmem: cpu 0x%llx + %zu bytes wraps or exceeds the emulated RAM (%llu bytes)",
+                            (unsigned long long)host, bytes, (unsigned long long)physmem->options.top_bytes);
+    uintptr_t first = (uintptr_t)ks_dma_align_down(host, KS_DMA_PAGE_BYTES);
+    uint64_t pages = ks_dma_pages_spanned(host, bytes);
+    uint64_t done = 0;
+    NTSTATUS status = STATUS_SUCCESS;
+    while (done < pages && NT_SUCCESS(status)) {
+        uintptr_t page_host = first + (uintptr_t)(done << KS_DMA_PAGE_SHIFT);
+        ks_phys_page *page = ks_physmem_page_of_host(physmem, page_host);
+        if (page != NULL) {
+            page->pins++;
+            done++;
+            continue;
+        }
+        uint64_t run = 1;
+        while (done + run < pages &&
+               ks_physmem_page_of_host(physmem, page_host + (uintptr_t)(run << KS_DMA_PAGE_SHIFT)) == NULL)
+            run++;
+        status = pin_new_run(physmem, page_host, run, err);
+        if (NT_SUCCESS(status))
+            done += run;
+    }
+    if (!NT_SUCCESS(status) && done > 0)
+        ks_physmem_unpin(physmem, first, (size_t)(done << KS_DMA_PAGE_SHIFT));
+    return status;
+}
+
+void ks_physmem_unpin(ks_physmem *physmem, uintptr_t host, size_t bytes)
+{
+    if (bytes == 0)
+        return;
+    uintptr_t first = (uintptr_t)ks_dma_align_down(host, KS_DMA_PAGE_BYTES);
+    uint64_t pages = ks_dma_pages_spanned(host, bytes);
+    for (uint64_t i = 0; i < pages; i++) {
+        ks_phys_page *page = ks_physmem_page_of_host(physmem, first + (uintptr_t)(i << KS_DMA_PAGE_SHIFT));
+        if (page != NULL)
+            page_unpin(physmem, page);
+    }
+}
+
+/* ---- queries ----------------------------------------------------------------------------------- */
+
+uint64_t ks_physmem_run(const ks_physmem *physmem, uintptr_t host, uint64_t max_bytes, uint64_t *phys)
+{
+    const ks_phys_page *page = ks_physmem_page_of_host(physmem, host);
+    if (page == NULL || max_bytes == 0)
+        return 0;
+    uint64_t offset = host & KS_DMA_PAGE_MASK;
+    *phys = page->phys + offset;
+    uint64_t run = KS_DMA_PAGE_BYTES - offset;
+    while (run < max_bytes) {
+        const ks_phys_page *next = ks_physmem_page_of_host(physmem, host + (uintptr_t)run);
+        if (next == NULL || next->phys != *phys + run)
+            break;
+        run += KS_DMA_PAGE_BYTES;
+    }
+    return run < max_bytes ? run : max_bytes;
+}
+
+uint64_t ks_physmem_pages_live(const ks_physmem *physmem)
+{
+    return physmem->pages_live;
+}
+
+uint64_t ks_physmem_pages_high(const ks_physmem *physmem)
+{
+    return physmem->pages_high;
+}
+
+uint64_t ks_physmem_high_boundary(const ks_physmem *physmem)
+{
+    return physmem->options.high_boundary_bytes;
+}
