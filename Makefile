@@ -112,9 +112,9 @@ test: deps
 	$(Q)for m in $(TEST_MODES); do $(MAKE) --no-print-directory MODE=$$m all || exit 1; done
 	$(Q)tests/run-suite $(TEST_MODES)
 
-# ---- bench -------------------------------------------------------------------------------------
-bench: deps $(KSALLOC)
-	$(Q)bench/run-smoke $(KSALLOC)
+# ---- bench, compare, report, perf (bench/bench.mk) ---------------------------------------------
+include bench/bench.mk
+all: $(BENCH_BIN)
 
 # ---- deps --------------------------------------------------------------------------------------
 # Debian packages the project builds, tests, fuzzes and benchmarks with.

@@ -1,0 +1,73 @@
+# bench/bench.mk -- benchmarks, reports and comparison; included by the top-level Makefile.
+#
+#   make bench                          deps, build, run the default suite (a few minutes on 2 cores),
+#                                       write results/<host>-<date>-<commit>.json, print the summary
+#   make bench-quick                    the CI smoke suite (about a minute), report in $(BUILD)/bench/
+#   make compare BASE=a.json NEW=b.json per-benchmark U tests (Google Benchmark's compare.py), a
+#                                       per-allocator geometric mean, and a regression gate: exits 1
+#                                       when something got slower beyond THRESHOLD with significance
+#   make report [REPORTS="a.json b.json"]  Markdown and PNG/SVG plots (default: the newest report)
+#   make perf BENCH=<filter>            one benchmark under perf stat (and perf record where it works)
+#
+# Knobs: BENCH_MIN_TIME (s per repetition), BENCH_REPETITIONS, BENCH_ARGS (extra flags for the
+# binary: --benchmark_filter=..., --plugin=x.so, --ks_max_threads=N), THRESHOLD (0.10 = 10%
+# slower), ALPHA (U-test significance level), PYTHON.
+#
+# The benchmark binary links the harness library and Google Benchmark (C++), so it is linked by
+# $(CXX); bench/gbench_c.cc is the only C++ source.
+
+BENCH_BIN := $(BUILD)/bin/ksalloc-bench
+BENCH_C_SRC := $(wildcard bench/*.c)
+BENCH_CXX_SRC := $(wildcard bench/*.cc)
+BENCH_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(BENCH_C_SRC)) $(patsubst %.cc,$(BUILD)/obj/%.o,$(BENCH_CXX_SRC))
+BENCH_CXXFLAGS := -std=c++17 -Wall -Wextra -Wshadow -Werror $(MODE_FLAGS_$(MODE)) -Iharness -pthread $(CXXFLAGS)
+
+# Debian's interpreter: python3-matplotlib, -numpy and -scipy (compare.py's U test) are installed
+# for it by `make deps`; a python3 earlier on PATH (pyenv, a venv) may lack them.
+PYTHON ?= $(if $(wildcard /usr/bin/python3),/usr/bin/python3,python3)
+BENCH_MIN_TIME ?= 0.05
+BENCH_REPETITIONS ?= 5
+THRESHOLD ?= 0.10
+ALPHA ?= 0.05
+BENCH_ARGS ?=
+# Handed to bench/run-bench and bench/run-perf through the environment, where they are split on
+# blanks only: a filter such as 'a/(b|c)' reaches the binary as it was typed.
+export BENCH_ARGS
+
+# What the report's context records about the build (the run adds the machine and revision).
+$(BUILD)/obj/bench/main.o: CFLAGS_ALL += -DKS_BENCH_MODE='"$(MODE)"' \
+    -DKS_BENCH_CFLAGS='"$(strip $(CSTD) $(MODE_FLAGS_$(MODE)))"'
+
+$(BUILD)/obj/bench/%.o: bench/%.cc | $(BUILD)/obj
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CXX [$(MODE)] $<")
+	$(Q)$(CXX) $(BENCH_CXXFLAGS) -MMD -MP -c $< -o $@
+
+$(BENCH_BIN): $(BENCH_OBJ) $(LIBKS) | $(BUILD)/bin
+	@$(if $(Q),echo "  LD [$(MODE)] $@")
+	$(Q)$(CXX) $(LDFLAGS_ALL) $(BENCH_OBJ) $(LIBKS) -lbenchmark $(LIBS) -lpthread -o $@
+
+.PHONY: bench bench-quick bench-bin compare report perf
+bench-bin: $(BENCH_BIN)
+
+BENCH_ENV = CC='$(CC)' MODE='$(MODE)' BENCH_CFLAGS='$(strip $(CSTD) $(MODE_FLAGS_$(MODE)) $(CFLAGS))'
+
+bench: deps $(BENCH_BIN)
+	$(Q)$(BENCH_ENV) bench/run-bench --bin $(BENCH_BIN) --out-dir results --python '$(PYTHON)' \
+	    --min-time $(BENCH_MIN_TIME) --repetitions $(BENCH_REPETITIONS)
+
+bench-quick: deps $(BENCH_BIN)
+	$(Q)$(BENCH_ENV) bench/run-bench --quick --bin $(BENCH_BIN) --out-dir $(BUILD)/bench --python '$(PYTHON)'
+
+compare:
+	@test -n '$(BASE)' -a -n '$(NEW)' || { echo "usage: make compare BASE=a.json NEW=b.json [THRESHOLD=0.10] [ALPHA=0.05]" >&2; exit 2; }
+	$(Q)$(PYTHON) bench/compare.py --threshold $(THRESHOLD) --alpha $(ALPHA) '$(BASE)' '$(NEW)'
+
+report:
+	$(Q)$(PYTHON) bench/report.py $(if $(REPORTS),$(REPORTS),--latest results)
+
+perf: deps $(BENCH_BIN)
+	@test -n '$(BENCH)' || { echo "usage: make perf BENCH=<benchmark filter regex>" >&2; exit 2; }
+	$(Q)bench/run-perf --bin $(BENCH_BIN) --filter '$(BENCH)' --results results
+
+-include $(BENCH_OBJ:.o=.d)
