@@ -23,6 +23,9 @@ extern const ks_allocator_entry ks_allocator_mimalloc;
 extern const ks_allocator_entry ks_allocator_tcmalloc;
 extern const ks_allocator_entry ks_allocator_buddy;
 extern const ks_allocator_entry ks_allocator_tlsf;
+extern const ks_allocator_entry ks_allocator_ring;
+extern const ks_allocator_entry ks_allocator_magazine;
+extern const ks_allocator_entry ks_allocator_lockfree;
 
 static const ks_allocator_entry *const builtin_entries[] = {
     &ks_allocator_system,
@@ -33,6 +36,9 @@ static const ks_allocator_entry *const builtin_entries[] = {
     &ks_allocator_tcmalloc,
     &ks_allocator_buddy,
     &ks_allocator_tlsf,
+    &ks_allocator_ring,
+    &ks_allocator_magazine,
+    &ks_allocator_lockfree,
 };
 
 #define BUILTIN_COUNT (sizeof builtin_entries / sizeof builtin_entries[0])
