@@ -198,3 +198,19 @@ Test(cli, a_bad_plugin_is_an_error_not_a_crash)
     cr_assert_eq(result.exit_code, 3, "%s", result.output);
     cr_assert_not_null(strstr(result.output, "bad_abi_version.so"), "%s", result.output);
 }
+
+Test(cli, compare_gates_a_planted_slowdown_and_names_a_corrupt_report)
+{
+    run_ksalloc(&result, "compare " KS_SOURCE_DIR "/tests/data/bench/base.json " KS_SOURCE_DIR
+                         "/tests/data/bench/slow.json");
+    cr_assert_eq(result.exit_code, 1, "a planted slowdown must fail the gate:\n%s", result.output);
+    run_ksalloc(&result, "compare " KS_SOURCE_DIR "/tests/data/bench/base.json " KS_SOURCE_DIR
+                         "/tests/data/bench/noise.json");
+    cr_assert_eq(result.exit_code, 0, "noise must pass the gate:\n%s", result.output);
+    run_ksalloc(&result, "compare " KS_SOURCE_DIR "/tests/data/bench/base.json " KS_SOURCE_DIR
+                         "/tests/data/bench/corrupt.json");
+    cr_assert_eq(result.exit_code, 2, "%s", result.output);
+    cr_assert_not_null(strstr(result.output, "corrupt.json"), "%s", result.output);
+    run_ksalloc(&result, "compare only-one.json");
+    cr_assert_eq(result.exit_code, 2, "%s", result.output);
+}

@@ -41,5 +41,6 @@ void ks_cli_print_summary(const char *label, const ks_run_stats *stats, uint64_t
 int ks_cmd_list(int argc, char **argv);
 int ks_cmd_run(int argc, char **argv);
 int ks_cmd_replay(int argc, char **argv);
+int ks_cmd_compare(int argc, char **argv);
 
 #endif

@@ -12,6 +12,7 @@ static const char usage[] =
     "  list     the allocators in the catalogue and their capabilities\n"
     "  run      run a workload profile against an allocator through the verifier\n"
     "  replay   replay a recorded trace file\n"
+    "  compare  compare two benchmark reports and gate on regressions\n"
     "  help     this text; `ksalloc <command> --help` for a command's options\n";
 
 int main(int argc, char **argv)
@@ -32,7 +33,7 @@ int main(int argc, char **argv)
     static const struct {
         const char *name;
         int (*run)(int, char **);
-    } commands[] = {{"list", ks_cmd_list}, {"run", ks_cmd_run}, {"replay", ks_cmd_replay}};
+    } commands[] = {{"list", ks_cmd_list}, {"run", ks_cmd_run}, {"replay", ks_cmd_replay}, {"compare", ks_cmd_compare}};
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         if (strcmp(command, commands[i].name) == 0)
             return commands[i].run(argc - 1, argv + 1);
