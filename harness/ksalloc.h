@@ -201,7 +201,10 @@ typedef struct ks_allocator_entry {
     size_t max_align_bytes;   /* largest FileAlignment + 1 honoured; 0 = no limit */
     const KSALLOCATOR_DISPATCH *dispatch;
     /* Optional: internal consistency of one instance (cf. tlsf_check). Writes why it failed into
-     * why[why_bytes] and returns an error status, or returns STATUS_SUCCESS. Not on a hot path. */
+     * why[why_bytes] and returns an error status, or returns STATUS_SUCCESS. Not on a hot path.
+     * The host calls it only while no other callback of that instance is running (the verifier
+     * holds back other threads' calls of a thread-safe instance for it), so it may read the
+     * instance's state without taking the allocator's own locks. */
     NTSTATUS (*self_check)(PVOID Context, char *why, size_t why_bytes);
     /* Optional: fills up to max_counters counters, returns how many it filled. */
     size_t (*counters)(PVOID Context, ks_counter *out, size_t max_counters);

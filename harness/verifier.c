@@ -81,6 +81,12 @@ typedef struct verifier_instance {
      * (single-threaded both are 0 and the check is exact). */
     _Atomic uint64_t allocates_in_flight;
     _Atomic uint64_t frees_in_flight;
+    _Atomic uint64_t frees_completed; /* a Free that completed during a NULL Allocate excuses it */
+    /* ksalloc.h lets self_check assume the instance is quiescent. On a thread-safe allocator
+     * with a self_check, inner Allocate/Free calls hold this for reading and a self_check holds it
+     * for writing, so a periodic or on-request check never runs beside another thread's call. */
+    bool check_needs_quiesce;
+    pthread_rwlock_t check_lock;
     /* Under the session lock from here on. */
     ks_shadow_owner owner;
     uintptr_t faulted_frames[VERIFIER_FAULTED_FRAMES]; /* oldest first */
@@ -440,6 +446,8 @@ static void instance_setup(verifier_instance *inst, const ks_verifier_pin *vpin,
     inst->capacity_promised = promises_capacity(vpin->inner, requested) && settled->Frames != 0;
     inst->bounded = (vpin->inner->caps & KS_CAP_BOUNDED) != 0 && settled->Frames != 0;
     atomic_init(&inst->ops, 0);
+    inst->check_needs_quiesce = vpin->inner->self_check != NULL && (vpin->inner->caps & KS_CAP_THREAD_SAFE) != 0;
+    pthread_rwlock_init(&inst->check_lock, NULL);
     ks_shadow_owner_init(&inst->owner, atomic_fetch_add(&verifier->next_instance, 1), inst);
 }
 
@@ -476,7 +484,11 @@ static void run_self_check(const verifier_instance *inst, uint64_t op_index, con
     if (inst->entry->self_check == NULL)
         return;
     char why[256] = "";
+    if (inst->check_needs_quiesce)
+        pthread_rwlock_wrlock((pthread_rwlock_t *)&inst->check_lock);
     NTSTATUS status = inst->entry->self_check(inst->inner_context, why, sizeof why);
+    if (inst->check_needs_quiesce)
+        pthread_rwlock_unlock((pthread_rwlock_t *)&inst->check_lock);
     why[sizeof why - 1] = '\0';
     if (!NT_SUCCESS(status))
         batch_add(batch, inst, KS_FAULT_SELF_CHECK, op_index, 0, "self_check %s returned %s: %s", when,
@@ -495,9 +507,10 @@ static void finish_op(verifier_instance *inst, uint64_t op_index, fault_batch *b
 
 /* ---- Allocate ------------------------------------------------------------------------------- */
 
-static void check_null_locked(const verifier_instance *inst, uint64_t op_index, fault_batch *batch)
+static void check_null_locked(const verifier_instance *inst, uint64_t frees_before, uint64_t op_index,
+                              fault_batch *batch)
 {
-    if (!inst->capacity_promised)
+    if (!inst->capacity_promised || atomic_load(&inst->frees_completed) != frees_before)
         return;
     uint64_t others_in_flight = atomic_load(&inst->allocates_in_flight) - 1 + atomic_load(&inst->frees_in_flight);
     if (inst->owner.live + others_in_flight >= inst->framing.Frames)
@@ -578,13 +591,18 @@ static PVOID verifier_allocate(PVOID context)
     ks_verifier *verifier = inst->session;
     uint64_t op_index = atomic_fetch_add(&verifier->op_count, 1);
     atomic_fetch_add(&inst->allocates_in_flight, 1);
+    uint64_t frees_before = atomic_load(&inst->frees_completed);
+    if (inst->check_needs_quiesce)
+        pthread_rwlock_rdlock(&inst->check_lock);
     void *frame = inst->entry->dispatch->Allocate(inst->inner_context);
+    if (inst->check_needs_quiesce)
+        pthread_rwlock_unlock(&inst->check_lock);
     fault_batch batch;
     batch.count = 0;
     admit_verdict verdict = ADMIT_UNTRACKED;
     pthread_mutex_lock(&verifier->lock);
     if (frame == NULL)
-        check_null_locked(inst, op_index, &batch);
+        check_null_locked(inst, frees_before, op_index, &batch);
     else
         verdict = admit_frame_locked(inst, (uintptr_t)frame, op_index, &batch);
     atomic_fetch_sub(&inst->allocates_in_flight, 1);
@@ -647,7 +665,12 @@ static void verifier_free(PVOID context, PVOID buffer)
     pthread_mutex_unlock(&verifier->lock);
     if (verdict == RELEASE_TRACKED) {
         check_frame_pattern(inst, &snap, op_index, "Free", &batch);
+        if (inst->check_needs_quiesce)
+            pthread_rwlock_rdlock(&inst->check_lock);
         inst->entry->dispatch->Free(inst->inner_context, buffer);
+        if (inst->check_needs_quiesce)
+            pthread_rwlock_unlock(&inst->check_lock);
+        atomic_fetch_add(&inst->frees_completed, 1);
         atomic_fetch_sub(&inst->frees_in_flight, 1);
     }
     finish_op(inst, op_index, &batch);
@@ -713,6 +736,7 @@ static void verifier_delete(PVOID context)
                   "%" PRIu64 " frame(s) still live at DeleteAllocator: %s", leaked, listed);
     inst->entry->dispatch->DeleteAllocator(inst->inner_context);
     batch_publish(verifier, &batch);
+    pthread_rwlock_destroy(&inst->check_lock);
     free(inst);
 }
 
