@@ -118,6 +118,9 @@ test: deps
 include bench/bench.mk
 all: $(BENCH_BIN)
 
+# ---- the multi-threaded stress under TSan (tests/stress/stress.mk) -----------------------------
+include tests/stress/stress.mk
+
 # ---- deps --------------------------------------------------------------------------------------
 # Debian packages the project builds, tests, fuzzes and benchmarks with.
 DEB_PACKAGES := build-essential clang libclang-rt-14-dev llvm libcriterion-dev libjemalloc-dev \

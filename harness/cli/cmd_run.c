@@ -1,7 +1,10 @@
 /*
  * cmd_run.c -- `ksalloc run`: one allocator (built-in or plugin), one or every profile, through
  * the verifier unless --no-verify. Runs are deterministic for a seed, so on a fault the command
- * prints the exact line that reproduces it with a trace recorded for `ksalloc replay`.
+ * prints the exact line that reproduces it with a trace recorded for `ksalloc replay`. The
+ * multi-threaded profiles (private, producer-consumer, all-to-all) go to the threaded runner
+ * (mt.h) with --threads N; their op choices are deterministic per thread, their interleaving is
+ * not, so their reproducer line has no trace.
  */
 #include <getopt.h>
 #include <inttypes.h>
@@ -9,13 +12,22 @@
 #include <string.h>
 
 #include "cli.h"
+#include "mt.h"
 #include "trace.h"
 
 static const char usage[] =
     "usage: ksalloc run (--allocator NAME | --plugin PATH) [options]\n"
     "  --allocator NAME       a catalogue name (`ksalloc list`) or plugin:PATH\n"
     "  --plugin PATH          load the allocator from a shared object (see README)\n"
-    "  --profile NAME         lifo, fifo, random (default), burst, fragmenting, or all\n"
+    "  --profile NAME         lifo, fifo, random (default), burst, fragmenting; private,\n"
+    "                         producer-consumer, all-to-all (multi-threaded); or all (every\n"
+    "                         single-thread one, plus the three threaded ones when --threads > 1)\n"
+    "  --threads N            threads for the multi-threaded profiles (default 1; > 1 needs a\n"
+    "                         KS_CAP_THREAD_SAFE allocator)\n"
+    "  --thread-churn N       each thread exits after N ops and a new one takes over its frames\n"
+    "  --fan-out              producer-consumer: one producer feeding N - 1 consumers (default:\n"
+    "                         N/2 producer -> consumer pairs)\n"
+    "  --instances N          allocator instances the threads are spread over (default 1)\n"
     "  --frames N             Frames of the framing (default 64; 0 = no requirement)\n"
     "  --frame-bytes N        FrameSize in bytes, K/M suffix allowed (default 4096; 0 = no requirement)\n"
     "  --align BYTES          frame alignment, a power of two (default 64)\n"
@@ -41,6 +53,10 @@ typedef struct run_options {
     bool keep_going;
     uint64_t self_check_every;
     uint64_t max_faults;
+    uint64_t threads;
+    uint64_t churn_ops;
+    uint64_t instances;
+    bool fan_out;
     char plugin_spec[KS_ALLOCATOR_NAME_BYTES];
 } run_options;
 
@@ -48,7 +64,8 @@ typedef struct run_options {
 static int parse_run_options(int argc, char **argv, run_options *opts)
 {
     enum { O_ALLOCATOR = 1, O_PLUGIN, O_PROFILE, O_FRAMES, O_FRAME_BYTES, O_ALIGN, O_MUST, O_OPS, O_SEED,
-           O_TRACE, O_NO_VERIFY, O_SELF_CHECK, O_KEEP_LIVE, O_KEEP_GOING, O_MAX_FAULTS, O_HELP };
+           O_TRACE, O_NO_VERIFY, O_SELF_CHECK, O_KEEP_LIVE, O_KEEP_GOING, O_MAX_FAULTS, O_THREADS, O_CHURN,
+           O_FAN_OUT, O_INSTANCES, O_HELP };
     static const struct option options[] = {
         {"allocator", required_argument, NULL, O_ALLOCATOR}, {"plugin", required_argument, NULL, O_PLUGIN},
         {"profile", required_argument, NULL, O_PROFILE}, {"frames", required_argument, NULL, O_FRAMES},
@@ -57,7 +74,9 @@ static int parse_run_options(int argc, char **argv, run_options *opts)
         {"seed", required_argument, NULL, O_SEED}, {"trace-out", required_argument, NULL, O_TRACE},
         {"no-verify", no_argument, NULL, O_NO_VERIFY}, {"self-check-every", required_argument, NULL, O_SELF_CHECK},
         {"keep-live", no_argument, NULL, O_KEEP_LIVE}, {"keep-going", no_argument, NULL, O_KEEP_GOING},
-        {"max-faults", required_argument, NULL, O_MAX_FAULTS}, {"help", no_argument, NULL, O_HELP},
+        {"max-faults", required_argument, NULL, O_MAX_FAULTS}, {"threads", required_argument, NULL, O_THREADS},
+        {"thread-churn", required_argument, NULL, O_CHURN}, {"fan-out", no_argument, NULL, O_FAN_OUT},
+        {"instances", required_argument, NULL, O_INSTANCES}, {"help", no_argument, NULL, O_HELP},
         {NULL, 0, NULL, 0}};
     uint64_t value = 0;
     opterr = 0;
@@ -106,6 +125,19 @@ static int parse_run_options(int argc, char **argv, run_options *opts)
             if (!ks_cli_parse_u64("run", "--max-faults", optarg, UINT32_MAX, &opts->max_faults))
                 return KS_EXIT_USAGE;
             break;
+        case O_THREADS:
+            if (!ks_cli_parse_u64("run", "--threads", optarg, KS_MT_MAX_THREADS, &opts->threads)) return KS_EXIT_USAGE;
+            if (opts->threads == 0) return ks_cli_usage_error("run", usage, "--threads: must be at least 1");
+            break;
+        case O_CHURN:
+            if (!ks_cli_parse_u64("run", "--thread-churn", optarg, UINT32_MAX, &opts->churn_ops)) return KS_EXIT_USAGE;
+            break;
+        case O_FAN_OUT: opts->fan_out = true; break;
+        case O_INSTANCES:
+            if (!ks_cli_parse_u64("run", "--instances", optarg, KS_MT_MAX_INSTANCES, &opts->instances))
+                return KS_EXIT_USAGE;
+            if (opts->instances == 0) return ks_cli_usage_error("run", usage, "--instances: must be at least 1");
+            break;
         case O_HELP: fputs(usage, stdout); return KS_EXIT_CLEAN;
         case ':': return ks_cli_usage_error("run", usage, "%s needs a value", argv[optind - 1]);
         default: return ks_cli_usage_error("run", usage, "unknown option '%s'", argv[optind - 1]);
@@ -116,10 +148,22 @@ static int parse_run_options(int argc, char **argv, run_options *opts)
     if (opts->allocator == NULL)
         return ks_cli_usage_error("run", usage, "name an allocator with --allocator or --plugin");
     bool all = strcmp(opts->profile, "all") == 0;
-    if (!all && ks_profile_from_name(opts->profile) == KS_PROFILE_COUNT)
+    ks_mt_profile mt_profile = ks_mt_profile_from_name(opts->profile);
+    bool threaded = mt_profile != KS_MT_PROFILE_COUNT;
+    if (!all && !threaded && ks_profile_from_name(opts->profile) == KS_PROFILE_COUNT)
         return ks_cli_usage_error("run", usage, "--profile: unknown profile '%s'", opts->profile);
     if (all && opts->trace_out)
         return ks_cli_usage_error("run", usage, "--trace-out records one profile: name one, not 'all'");
+    if (!all && !threaded && (opts->threads > 1 || opts->churn_ops || opts->fan_out || opts->instances > 1))
+        return ks_cli_usage_error("run", usage,
+                                  "--threads, --thread-churn, --fan-out and --instances apply to the multi-threaded "
+                                  "profiles (private, producer-consumer, all-to-all), not to '%s'", opts->profile);
+    if (threaded && opts->threads < ks_mt_profile_min_threads(mt_profile))
+        return ks_cli_usage_error("run", usage, "--profile %s needs --threads >= %u", opts->profile,
+                                  ks_mt_profile_min_threads(mt_profile));
+    if ((threaded || (all && opts->threads > 1)) && (opts->trace_out || opts->keep_live))
+        return ks_cli_usage_error("run", usage, "--trace-out and --keep-live record or keep one thread's frames: "
+                                  "not with the multi-threaded profile '%s'", opts->profile);
     if (!opts->verify && (opts->keep_live || opts->self_check_every))
         return ks_cli_usage_error("run", usage, "--keep-live and --self-check-every need the verifier");
     return -1;
@@ -203,9 +247,86 @@ out:
     return exit_code;
 }
 
+/* The command line that reproduces a threaded run's op choices (not its interleaving). */
+static void print_mt_reproducer(const run_options *opts, ks_mt_profile profile)
+{
+    fprintf(stderr, "reproduce: ksalloc run --allocator %s --profile %s --threads %" PRIu64 " --frames %" PRIu32
+                    " --frame-bytes %" PRIu32 " --align %" PRIu64 "%s --ops %" PRIu64 " --seed %" PRIu64,
+            opts->allocator, ks_mt_profile_name(profile), opts->threads, (uint32_t)opts->framing.Frames,
+            (uint32_t)opts->framing.FrameSize, (uint64_t)opts->framing.FileAlignment + 1,
+            (opts->framing.RequirementsFlags & KSALLOCATOR_REQUIREMENTF_MUST_ALLOCATE) ? " --must-allocate" : "",
+            opts->ops, opts->seed);
+    if (opts->churn_ops)
+        fprintf(stderr, " --thread-churn %" PRIu64, opts->churn_ops);
+    if (opts->instances > 1)
+        fprintf(stderr, " --instances %" PRIu64, opts->instances);
+    fprintf(stderr, "%s  (thread interleaving differs between runs)\n", opts->fan_out ? " --fan-out" : "");
+}
+
+/* Runs one multi-threaded profile through the threaded runner; returns an exit code. */
+static int run_mt_profile(const run_options *opts, const ks_allocator_entry *entry, ks_mt_profile profile)
+{
+    ks_error err;
+    ks_error_clear(&err);
+    ks_cli_fault_printer printer = {.max_printed = opts->max_faults};
+    ks_verifier_options vopts = {.self_check_every_ops = (uint32_t)opts->self_check_every,
+                                 .on_fault = ks_cli_print_fault, .on_fault_arg = &printer};
+    ks_mt_options mopts = {.entry = entry, .framing = opts->framing, .profile = profile,
+                           .threads = (unsigned)opts->threads, .instances = (unsigned)opts->instances,
+                           .ops = opts->ops, .seed = opts->seed, .churn_ops = opts->churn_ops,
+                           .fan_out = opts->fan_out, .stop_at_fault = !opts->keep_going};
+    if (opts->verify && !NT_SUCCESS(ks_verifier_create(&vopts, &mopts.verifier, &err))) {
+        fprintf(stderr, "ksalloc run: %s\n", err.message);
+        return KS_EXIT_ERROR;
+    }
+    ks_mt_stats *stats = calloc(1, sizeof *stats);
+    NTSTATUS status = stats ? ks_mt_run(&mopts, stats, &err)
+                            : ks_error_set(&err, STATUS_INSUFFICIENT_RESOURCES, "out of memory");
+    int exit_code = KS_EXIT_ERROR;
+    if (NT_SUCCESS(status)) {
+        uint64_t faults = mopts.verifier ? ks_verifier_fault_count(mopts.verifier) : 0;
+        char label[KS_ALLOCATOR_NAME_BYTES + 96];
+        snprintf(label, sizeof label, "run allocator=%s profile=%s threads=%" PRIu64 " seed=%" PRIu64 "%s",
+                 opts->allocator, ks_mt_profile_name(profile), opts->threads, opts->seed,
+                 mopts.verifier ? "" : " verify=off");
+        ks_cli_print_summary(label, &stats->total, faults);
+        double seconds = (double)stats->total.elapsed_ns / 1e9;
+        printf("  threads: started=%" PRIu64 " handoffs=%" PRIu64 " handoffs_per_s=%.0f frees_per_s=%.0f\n",
+               stats->threads_started, stats->handoffs, seconds > 0 ? (double)stats->handoffs / seconds : 0.0,
+               seconds > 0 ? (double)stats->total.frees / seconds : 0.0);
+        if (faults > printer.max_printed)
+            fprintf(stderr, "(%" PRIu64 " more faults not printed)\n", faults - printer.max_printed);
+        if (faults)
+            print_mt_reproducer(opts, profile);
+        exit_code = faults ? KS_EXIT_FAULT : KS_EXIT_CLEAN;
+    } else {
+        fprintf(stderr, "ksalloc run: %s\n", err.message);
+    }
+    free(stats);
+    if (mopts.verifier)
+        ks_verifier_destroy(mopts.verifier);
+    return exit_code;
+}
+
+/* Refuses --threads on an allocator that cannot take it before anything runs. */
+static int check_threads(const run_options *opts, const ks_allocator_entry *entry)
+{
+    if (opts->threads <= 1)
+        return -1;
+    ks_mt_options check = {.entry = entry, .profile = KS_MT_PRIVATE, .threads = (unsigned)opts->threads,
+                           .instances = (unsigned)opts->instances};
+    ks_error err;
+    ks_error_clear(&err);
+    if (NT_SUCCESS(ks_mt_check(&check, &err)))
+        return -1;
+    fprintf(stderr, "ksalloc run: %s\n", err.message);
+    return KS_EXIT_USAGE;
+}
+
 int ks_cmd_run(int argc, char **argv)
 {
-    run_options opts = {.profile = "random", .ops = 100000, .seed = 1, .verify = true, .max_faults = 10};
+    run_options opts = {.profile = "random", .ops = 100000, .seed = 1, .verify = true, .max_faults = 10,
+                        .threads = 1, .instances = 1};
     opts.framing.Frames = 64;
     opts.framing.FrameSize = 4096;
     opts.framing.FileAlignment = FILE_64_BYTE_ALIGNMENT;
@@ -222,12 +343,19 @@ int ks_cmd_run(int argc, char **argv)
         fprintf(stderr, "ksalloc run: %s\n", err.message);
         return KS_EXIT_ERROR;
     }
-    int worst = KS_EXIT_CLEAN;
+    int refused = check_threads(&opts, entry);
+    int worst = refused >= 0 ? refused : KS_EXIT_CLEAN;
     bool all = strcmp(opts.profile, "all") == 0;
-    for (int p = 0; p < KS_PROFILE_COUNT; p++) {
-        if (!all && (ks_profile)p != ks_profile_from_name(opts.profile))
+    /* The single-thread profiles, then the three threaded ones. */
+    for (int p = 0; refused < 0 && p < KS_PROFILE_COUNT + KS_MT_PROFILE_COUNT; p++) {
+        ks_mt_profile mt_profile = (ks_mt_profile)(p - KS_PROFILE_COUNT);
+        bool wanted = p < KS_PROFILE_COUNT
+                          ? all || (ks_profile)p == ks_profile_from_name(opts.profile)
+                          : (all && opts.threads > 1) || mt_profile == ks_mt_profile_from_name(opts.profile);
+        if (!wanted)
             continue;
-        int code = run_profile(&opts, entry, (ks_profile)p);
+        int code = p < KS_PROFILE_COUNT ? run_profile(&opts, entry, (ks_profile)p)
+                                        : run_mt_profile(&opts, entry, mt_profile);
         if (code == KS_EXIT_ERROR || (code == KS_EXIT_FAULT && worst == KS_EXIT_CLEAN))
             worst = code;
         if (code == KS_EXIT_ERROR || (code == KS_EXIT_FAULT && !opts.keep_going))
