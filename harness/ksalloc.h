@@ -215,6 +215,7 @@ typedef struct ks_allocator_entry {
 typedef const ks_allocator_entry *(*ks_plugin_entry_fn)(ULONG host_abi_version);
 
 #define KSALLOC_PLUGIN(entry_variable)                                                                  \
+    __attribute__((visibility("default"))) const ks_allocator_entry *ksalloc_plugin_entry(ULONG host_abi); \
     __attribute__((visibility("default"))) const ks_allocator_entry *ksalloc_plugin_entry(ULONG host_abi) \
     {                                                                                                   \
         (void)host_abi;                                                                                 \
