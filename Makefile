@@ -142,3 +142,6 @@ clean:
 	rm -rf build
 
 -include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(TEST_OBJ:.o=.d)
+
+# ---- the bug zoo (fuzz/zoo.mk): uses LIBKS, BUILD, WARN, LIBS from above -----------------------
+include fuzz/zoo.mk

@@ -1,0 +1,261 @@
+/*
+ * zoo_run.c -- one fuzz input, one allocator, engine + verifier; see zoo_run.h.
+ *
+ * Design. Phase 1 is the standard decode: ks_decode_config for the pins, ks_decode_op per op,
+ * ks_engine_step through the verifier, ks_engine_close (which frees what is live and deletes
+ * every instance, so the verifier's DeleteAllocator self-check runs). Phase 2, only for
+ * allocators that claim KS_CAP_THREAD_SAFE, re-reads the same bytes: the same config gives pin
+ * 0's framing, and each byte after it becomes one op of one of two threads (bit 0 picks the
+ * thread, bits 1-3 the kind with the decoder's 4:3:1 allocate/free/touch weights, bits 4-7 which
+ * of the thread's own frames). The threads meet at a barrier, run their lists at least
+ * THREAD_ROUNDS times and for at least thread_min_ops ops each (KS_ZOO_THREAD_MIN_OPS when
+ * fuzzing) over one verified instance, and free what they still hold; the verifier's shadow
+ * map is thread-safe, so a frame handed to both threads at once is a double-handout and a frame
+ * written behind one thread's back is corruption. Op lists are a pure function of the bytes;
+ * only the interleaving is not.
+ * Cost: phase 1 is O(ops log live) plus the verifier's pattern fills; phase 2 adds about
+ * 2 * max(thread_min_ops, THREAD_OPS_MAX * THREAD_ROUNDS) ops. Thread safety: each call is
+ * self-contained.
+ */
+#include "zoo_run.h"
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "workload.h"
+
+#define ZOO_FAULTS_KEPT 64u
+#define THREAD_COUNT 2u
+#define THREAD_OPS_MAX 256u
+#define THREAD_ROUNDS 8u
+#define THREAD_LIVE_MAX 128u
+/* Above this FrameSize one round is enough: the pattern fills dominate and the race window is
+ * no wider for bigger frames. */
+#define THREAD_BIG_FRAME_BYTES 65536u
+
+_Static_assert(THREAD_COUNT == 2, "bit 0 of an op byte picks the thread");
+
+/* Under two threads a NULL from an allocator that promised capacity is not a fault the verifier
+ * can pin on it: the verifier drops a frame from its shadow map before the inner Free runs, so
+ * an Allocate on the other thread in between may see the allocator still full while the shadow
+ * count is below Frames. Phase 2 therefore leaves null-promised out (the single-threaded phase
+ * checks it exactly); no other check has such a window (the shadow count never runs ahead of
+ * the allocator's). */
+static bool fault_counts(const ks_fault *fault, unsigned phase)
+{
+    return phase == 1 || fault->kind != KS_FAULT_NULL_PROMISED;
+}
+
+static void result_take_faults(ks_zoo_result *result, const ks_verifier *verifier, unsigned phase)
+{
+    uint64_t count = ks_verifier_fault_count(verifier);
+    for (uint64_t i = 0; i < count; i++) {
+        const ks_fault *fault = ks_verifier_fault_at(verifier, i);
+        if (fault == NULL) {
+            if (phase == 1)
+                result->fault_count += count - i; /* past the ones kept: all count in phase 1 */
+            break;
+        }
+        if (!fault_counts(fault, phase))
+            continue;
+        if (result->fault_count == 0) {
+            result->first_fault = *fault;
+            result->phase = phase;
+        }
+        if (result->faults_kept < sizeof result->faults / sizeof result->faults[0])
+            result->faults[result->faults_kept++] = *fault;
+        result->fault_count++;
+    }
+}
+
+/* ---- phase 1: the engine ---------------------------------------------------------------------- */
+
+static NTSTATUS run_engine_phase(const ks_allocator_entry *entry, const uint8_t *data, size_t size_bytes,
+                                 unsigned min_ops, ks_verifier *verifier, ks_error *err)
+{
+    (void)min_ops; /* phase 2 only */
+    ks_byte_reader reader = {.data = data, .size_bytes = size_bytes, .offset = 0};
+    const ks_allocator_entry *entries[] = {entry};
+    ks_workload_config config;
+    ks_decode_config(&reader, entries, 1, &config);
+    ks_engine_options options = {.verifier = verifier, .trace = NULL, .keep_live_at_close = false};
+    ks_engine *engine = NULL;
+    ks_error open_err;
+    if (!NT_SUCCESS(ks_engine_open(&config, &options, &engine, &open_err)))
+        return STATUS_SUCCESS; /* the allocator refused the framing: its right, a clean run */
+    ks_live_view view;
+    ks_op op;
+    NTSTATUS status = STATUS_SUCCESS;
+    ks_engine_view(engine, &view);
+    while (NT_SUCCESS(status) && ks_decode_op(&reader, &view, &op)) {
+        status = ks_engine_step(engine, &op, NULL, err);
+        ks_engine_view(engine, &view);
+    }
+    NTSTATUS close_status = ks_engine_close(engine, NT_SUCCESS(status) ? err : NULL);
+    return NT_SUCCESS(status) ? close_status : status;
+}
+
+/* ---- phase 2: two threads on one instance ----------------------------------------------------- */
+
+typedef struct thread_op {
+    uint8_t kind;     /* ks_op_kind */
+    uint8_t selector; /* which of the thread's live frames, modulo how many it holds */
+} thread_op;
+
+typedef struct thread_plan {
+    void *instance; /* the verifier's context for the shared instance */
+    pthread_barrier_t *start;
+    unsigned rounds;
+    unsigned op_count;
+    thread_op ops[THREAD_OPS_MAX];
+    unsigned live;
+    void *frames[THREAD_LIVE_MAX]; /* oldest first */
+} thread_plan;
+
+static ks_op_kind thread_kind_of_bits(unsigned bits)
+{
+    if (bits < 4)
+        return KS_OP_ALLOCATE;
+    return bits < 7 ? KS_OP_FREE : KS_OP_TOUCH;
+}
+
+/* Enough rounds that each thread runs at least min_ops ops: a short input (a minimised crash)
+ * must still give the two threads time to overlap. */
+static unsigned thread_rounds(unsigned op_count, unsigned min_ops)
+{
+    if (op_count == 0)
+        return 1;
+    unsigned rounds = (min_ops + op_count - 1) / op_count;
+    return rounds < THREAD_ROUNDS ? THREAD_ROUNDS : rounds;
+}
+
+static void decode_thread_plans(ks_byte_reader *reader, thread_plan plans[THREAD_COUNT])
+{
+    while (!ks_reader_done(reader)) {
+        uint8_t byte = ks_reader_u8(reader);
+        thread_plan *plan = &plans[byte & 1u];
+        if (plan->op_count == THREAD_OPS_MAX)
+            continue;
+        plan->ops[plan->op_count].kind = (uint8_t)thread_kind_of_bits((byte >> 1) & 7u);
+        plan->ops[plan->op_count].selector = (uint8_t)(byte >> 4);
+        plan->op_count++;
+    }
+}
+
+static void thread_free_at(thread_plan *plan, unsigned index)
+{
+    ks_verifier_dispatch.Free(plan->instance, plan->frames[index]);
+    memmove(&plan->frames[index], &plan->frames[index + 1], (plan->live - index - 1) * sizeof plan->frames[0]);
+    plan->live--;
+}
+
+static void thread_step(thread_plan *plan, const thread_op *op)
+{
+    if (op->kind == KS_OP_ALLOCATE || plan->live == 0) {
+        if (plan->live == THREAD_LIVE_MAX)
+            thread_free_at(plan, 0);
+        void *frame = ks_verifier_dispatch.Allocate(plan->instance);
+        if (frame != NULL)
+            plan->frames[plan->live++] = frame;
+        return;
+    }
+    unsigned index = op->selector % plan->live;
+    if (op->kind == KS_OP_FREE)
+        thread_free_at(plan, index);
+    else
+        ks_verifier_touch(plan->instance, plan->frames[index]);
+}
+
+static void *thread_main(void *arg)
+{
+    thread_plan *plan = arg;
+    pthread_barrier_wait(plan->start);
+    for (unsigned round = 0; round < plan->rounds; round++)
+        for (unsigned i = 0; i < plan->op_count; i++)
+            thread_step(plan, &plan->ops[i]);
+    while (plan->live > 0)
+        thread_free_at(plan, plan->live - 1);
+    return NULL;
+}
+
+static NTSTATUS run_threads(thread_plan plans[THREAD_COUNT], ks_error *err)
+{
+    pthread_barrier_t start;
+    if (pthread_barrier_init(&start, NULL, THREAD_COUNT) != 0)
+        return ks_error_set(err, STATUS_INSUFFICIENT_RESOURCES, "zoo: pthread_barrier_init failed");
+    pthread_t threads[THREAD_COUNT];
+    unsigned started = 0;
+    for (; started < THREAD_COUNT; started++) {
+        plans[started].start = &start;
+        if (pthread_create(&threads[started], NULL, thread_main, &plans[started]) != 0)
+            break;
+    }
+    if (started < THREAD_COUNT) {
+        /* The barrier waits for a thread that does not exist: run it here instead. */
+        thread_main(&plans[started]);
+    }
+    for (unsigned i = 0; i < started; i++)
+        pthread_join(threads[i], NULL);
+    pthread_barrier_destroy(&start);
+    return STATUS_SUCCESS;
+}
+
+static NTSTATUS run_thread_phase(const ks_allocator_entry *entry, const uint8_t *data, size_t size_bytes,
+                                 unsigned min_ops, ks_verifier *verifier, ks_error *err)
+{
+    ks_byte_reader reader = {.data = data, .size_bytes = size_bytes, .offset = 0};
+    const ks_allocator_entry *entries[] = {entry};
+    ks_workload_config config;
+    ks_decode_config(&reader, entries, 1, &config);
+    KSPIN pin = {.abi_version = KSALLOC_ABI_VERSION, .id = 0, .name = "pin0", .framing = config.pins[0].framing};
+    ks_verifier_pin vpin = {.verifier = verifier, .inner = entry, .pin = &pin};
+    KSALLOCATOR_FRAMING framing = pin.framing;
+    void *instance = NULL;
+    if (!NT_SUCCESS(ks_verifier_dispatch.InitializeAllocator(&vpin, &framing, &instance)))
+        return STATUS_SUCCESS; /* refused: a clean run */
+    thread_plan plans[THREAD_COUNT];
+    memset(plans, 0, sizeof plans);
+    decode_thread_plans(&reader, plans);
+    bool big_frames = ks_verifier_framing(instance)->FrameSize > THREAD_BIG_FRAME_BYTES;
+    for (unsigned i = 0; i < THREAD_COUNT; i++) {
+        plans[i].instance = instance;
+        plans[i].rounds = big_frames ? 1u : thread_rounds(plans[i].op_count, min_ops);
+    }
+    NTSTATUS status = run_threads(plans, err);
+    ks_verifier_dispatch.DeleteAllocator(instance);
+    return status;
+}
+
+/* ---- both phases ------------------------------------------------------------------------------ */
+
+typedef NTSTATUS (*phase_fn)(const ks_allocator_entry *entry, const uint8_t *data, size_t size_bytes,
+                             unsigned min_ops, ks_verifier *verifier, ks_error *err);
+
+static NTSTATUS run_phase(phase_fn phase, unsigned phase_number, const ks_allocator_entry *entry, const uint8_t *data,
+                          size_t size_bytes, unsigned min_ops, ks_zoo_result *result, ks_error *err)
+{
+    ks_verifier *verifier = NULL;
+    ks_verifier_options options = {.self_check_every_ops = 0, .max_faults_kept = ZOO_FAULTS_KEPT, .on_fault = NULL};
+    NTSTATUS status = ks_verifier_create(&options, &verifier, err);
+    if (!NT_SUCCESS(status))
+        return status;
+    status = phase(entry, data, size_bytes, min_ops, verifier, err);
+    result_take_faults(result, verifier, phase_number);
+    ks_verifier_destroy(verifier);
+    return status;
+}
+
+NTSTATUS ks_zoo_run(const ks_allocator_entry *entry, const uint8_t *data, size_t size_bytes, unsigned thread_min_ops,
+                    ks_zoo_result *result, ks_error *err)
+{
+    unsigned min_ops = thread_min_ops != 0 ? thread_min_ops : KS_ZOO_THREAD_MIN_OPS;
+    memset(result, 0, sizeof *result);
+    if (entry == NULL || entry->dispatch == NULL || (data == NULL && size_bytes != 0))
+        return ks_error_set(err, STATUS_INVALID_PARAMETER, "zoo: %s is NULL", entry == NULL ? "entry" : "data");
+    NTSTATUS status = run_phase(run_engine_phase, 1, entry, data, size_bytes, min_ops, result, err);
+    if (NT_SUCCESS(status) && result->fault_count == 0 && (entry->caps & KS_CAP_THREAD_SAFE))
+        status = run_phase(run_thread_phase, 2, entry, data, size_bytes, min_ops, result, err);
+    return status;
+}

@@ -1,0 +1,40 @@
+/*
+ * zoo_run.h -- runs one fuzz input against one allocator entry through the engine and the
+ * verifier, the way the bug zoo's fuzz target and its replay driver both need it.
+ *
+ * One input is one complete, independent run: the head of the bytes decodes to pins, framings
+ * and shared heaps (ks_decode_config), the rest to ops (ks_decode_op) executed by the engine with
+ * every pin behind the verifier. When the entry claims KS_CAP_THREAD_SAFE the same bytes then
+ * drive a second phase: pin 0's framing on one instance shared by two threads, each running its
+ * own op list decoded deterministically from the input (the interleaving is the scheduler's, so
+ * a racy allocator shows up as verifier faults with high probability, not certainty).
+ * No state survives between calls.
+ */
+#ifndef KS_ZOO_RUN_H
+#define KS_ZOO_RUN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ksalloc.h"
+#include "verifier.h"
+
+typedef struct ks_zoo_result {
+    uint64_t fault_count; /* verifier faults over both phases (see zoo_run.c on null-promised) */
+    ks_fault first_fault; /* valid when fault_count > 0 */
+    ks_fault faults[8];   /* the first few, in the order found */
+    unsigned faults_kept;
+    unsigned phase;       /* 1 = single-threaded engine run, 2 = two-thread run; where the first fault was */
+} ks_zoo_result;
+
+/* Runs the input. Returns STATUS_SUCCESS when the run itself could be carried out (faults are
+ * results, not errors); an allocator refusing the decoded framing is a clean run. An error status
+ * means the harness could not run (out of memory), with err filled. */
+/* thread_min_ops: phase 2 repeats each thread's op list until it has run at least this many ops
+ * (0 = the fuzzing default, KS_ZOO_THREAD_MIN_OPS). Replaying a race, a longer run of the same
+ * schedule makes the overlap that shows it more likely. */
+#define KS_ZOO_THREAD_MIN_OPS 512u
+NTSTATUS ks_zoo_run(const ks_allocator_entry *entry, const uint8_t *data, size_t size_bytes, unsigned thread_min_ops,
+                    ks_zoo_result *result, ks_error *err);
+
+#endif
