@@ -56,6 +56,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "framing.h"
 #include "ksalloc.h"
 
 #define BUDDY_FAMILY "buddy"
@@ -372,20 +373,24 @@ static bool buddy_tag_in_use(const buddy_state *state, unsigned tag)
     return (state->tags_in_use[tag / 64] >> (tag % 64)) & 1u;
 }
 
+static const ks_framing_rules buddy_framing_rules = {
+    .default_frames = BUDDY_DEFAULT_FRAMES,
+    .default_frame_bytes = BUDDY_DEFAULT_FRAME_BYTES,
+    .max_frame_bytes = (size_t)1 << BUDDY_MAX_FRAME_ORDER,
+    .max_align_bytes = (size_t)1 << BUDDY_MAX_ALIGN_ORDER,
+    .min_align_bytes = 1, /* a block is aligned to its size, which the order below covers */
+};
+
 /* Defaults written back, limits checked; *order is the pin's block order before the buddy's
  * min block is known. */
 static NTSTATUS buddy_choose_framing(KSALLOCATOR_FRAMING *framing, unsigned *order)
 {
-    if (!ks_framing_align_valid(framing))
-        return STATUS_INVALID_PARAMETER;
-    if (framing->Frames == 0)
-        framing->Frames = BUDDY_DEFAULT_FRAMES;
-    if (framing->FrameSize == 0)
-        framing->FrameSize = BUDDY_DEFAULT_FRAME_BYTES;
-    size_t align_bytes = ks_framing_align_bytes(framing);
-    if (framing->FrameSize > ((size_t)1 << BUDDY_MAX_FRAME_ORDER) || align_bytes > ((size_t)1 << BUDDY_MAX_ALIGN_ORDER))
-        return STATUS_INVALID_PARAMETER;
-    size_t need_bytes = framing->FrameSize > align_bytes ? framing->FrameSize : align_bytes;
+    ks_framing_settled settled;
+    NTSTATUS status = ks_framing_settle(framing, &buddy_framing_rules, &settled);
+    if (!NT_SUCCESS(status))
+        return status;
+    ks_framing_write_back(framing, &settled);
+    size_t need_bytes = settled.frame_bytes > settled.align_bytes ? settled.frame_bytes : settled.align_bytes;
     *order = buddy_ceil_log2(need_bytes);
     if (*order < BUDDY_MIN_ORDER)
         *order = BUDDY_MIN_ORDER;

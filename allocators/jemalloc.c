@@ -29,7 +29,7 @@
  * by the last detach; the heap's mmap'ed region itself is not used, the arena is the shared
  * pool. Pins of any FrameSize may share it. An arena shared by live instances cannot be
  * destroyed to drop one instance's frames, so in this mode the instance tracks its live frames
- * in a hash set beside them and frees them one by one at DeleteAllocator; the set also turns a
+ * in a hash set beside them (frame_set.c) and frees them one by one at DeleteAllocator; the set also turns a
  * Free of a frame that is not live into a counted no-op. Private instances track nothing.
  *
  * Complexity: Allocate and Free are jemalloc's: O(1) tcache pop/push on a hit, an arena refill
@@ -59,6 +59,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "frame_set.h"
+#include "framing.h"
 #include "ksalloc.h"
 
 #ifndef KS_JEMALLOC_DEFAULT_FRAME_BYTES
@@ -78,149 +80,6 @@ _Static_assert((KS_JEMALLOC_MAX_ALIGN_BYTES & (KS_JEMALLOC_MAX_ALIGN_BYTES - 1))
 _Static_assert(KS_JEMALLOC_MAX_ALIGN_BYTES <= INT_MAX, "MALLOCX_ALIGN takes the int branch");
 _Static_assert(KS_JEMALLOC_DEFAULT_FRAME_BYTES <= KS_JEMALLOC_MAX_FRAME_BYTES, "default frame within the limit");
 _Static_assert(KS_JEMALLOC_MAX_FRAME_BYTES <= ULONG_MAX, "FrameSize is a ULONG");
-
-/* ---- The live-frame set --------------------------------------------------------------------
- * Open addressing with linear probing and backward-shift deletion (no tombstones, so a long run
- * of Allocate/Free never degrades the probes), kept at most half full. It lives outside the
- * frames on purpose: a header or trailer in the frame would change the heap's size class (a
- * 4096-byte, 4096-aligned frame would cost 8 KiB) and sit where a driver's overrun lands.
- * The same code is in system.c, lookaside.c and jemalloc.c; each file stays self-contained. */
-
-#define FRAME_SET_MIN_CAPACITY 16u
-
-typedef struct frame_set {
-    uintptr_t *slots; /* 0 marks an empty slot: no frame lives at address 0 */
-    size_t capacity;  /* a power of two, at least FRAME_SET_MIN_CAPACITY */
-    size_t count;     /* invariant: count * 2 <= capacity */
-    unsigned shift;   /* 64 - log2(capacity) */
-} frame_set;
-
-_Static_assert(sizeof(uintptr_t) == sizeof(uint64_t), "the set hashes 64-bit addresses");
-_Static_assert((FRAME_SET_MIN_CAPACITY & (FRAME_SET_MIN_CAPACITY - 1)) == 0, "capacity is a power of two");
-
-/* Fibonacci hashing keeps the product's high bits, so the zero low bits of aligned frames do not
- * pile every frame into a few slots. */
-static size_t frame_set_home(const frame_set *set, uintptr_t frame)
-{
-    return (size_t)(((uint64_t)frame * UINT64_C(0x9E3779B97F4A7C15)) >> set->shift);
-}
-
-static bool frame_set_init(frame_set *set, size_t capacity)
-{
-    set->slots = calloc(capacity, sizeof *set->slots);
-    set->capacity = capacity;
-    set->count = 0;
-    set->shift = 64u - (unsigned)__builtin_ctzll((unsigned long long)capacity);
-    return set->slots != NULL;
-}
-
-static void frame_set_destroy(frame_set *set)
-{
-    free(set->slots);
-    set->slots = NULL;
-    set->capacity = 0;
-    set->count = 0;
-}
-
-static void frame_set_place(frame_set *set, uintptr_t frame)
-{
-    size_t mask = set->capacity - 1;
-    size_t slot = frame_set_home(set, frame);
-    while (set->slots[slot] != 0)
-        slot = (slot + 1) & mask;
-    set->slots[slot] = frame;
-}
-
-static bool frame_set_grow(frame_set *set)
-{
-    frame_set bigger;
-    if (!frame_set_init(&bigger, set->capacity * 2))
-        return false;
-    for (size_t slot = 0; slot < set->capacity; slot++)
-        if (set->slots[slot] != 0)
-            frame_set_place(&bigger, set->slots[slot]);
-    bigger.count = set->count;
-    free(set->slots);
-    *set = bigger;
-    return true;
-}
-
-/* Adds a frame that is not in the set. False, with the set unchanged, when it cannot grow. */
-static bool frame_set_insert(frame_set *set, const void *frame)
-{
-    if ((set->count + 1) * 2 > set->capacity && !frame_set_grow(set))
-        return false;
-    frame_set_place(set, (uintptr_t)frame);
-    set->count++;
-    return true;
-}
-
-/* The slot holding frame, or capacity when it is not in the set (NULL never is). */
-static size_t frame_set_find(const frame_set *set, uintptr_t frame)
-{
-    if (frame == 0)
-        return set->capacity;
-    size_t mask = set->capacity - 1;
-    for (size_t slot = frame_set_home(set, frame);; slot = (slot + 1) & mask) {
-        if (set->slots[slot] == frame)
-            return slot;
-        if (set->slots[slot] == 0)
-            return set->capacity;
-    }
-}
-
-/* Removes frame; false when it was not in the set. Every later entry of the probe run that may
- * move back into the hole does so, so that each entry stays reachable from its home slot. */
-static bool frame_set_remove(frame_set *set, const void *frame)
-{
-    size_t hole = frame_set_find(set, (uintptr_t)frame);
-    if (hole == set->capacity)
-        return false;
-    size_t mask = set->capacity - 1;
-    for (size_t next = (hole + 1) & mask; set->slots[next] != 0; next = (next + 1) & mask) {
-        size_t home = frame_set_home(set, set->slots[next]);
-        /* It may move iff its home is not strictly after the hole on the way to next. */
-        if (((next - home) & mask) >= ((next - hole) & mask)) {
-            set->slots[hole] = set->slots[next];
-            hole = next;
-        }
-    }
-    set->slots[hole] = 0;
-    set->count--;
-    return true;
-}
-
-/* The table's invariants: the count, the load bound, each entry aligned and reachable from its
- * home slot (no empty slot on the way). Writes the first broken one into why. */
-static bool frame_set_check(const frame_set *set, size_t align_bytes, const char *owner, char *why, size_t why_bytes)
-{
-    size_t mask = set->capacity - 1;
-    size_t entries = 0;
-    for (size_t slot = 0; slot < set->capacity; slot++) {
-        uintptr_t frame = set->slots[slot];
-        if (frame == 0)
-            continue;
-        entries++;
-        if (frame & (align_bytes - 1)) {
-            snprintf(why, why_bytes, "%s: live frame %p is not aligned to %zu bytes", owner, (void *)frame,
-                     align_bytes);
-            return false;
-        }
-        for (size_t probe = frame_set_home(set, frame); probe != slot; probe = (probe + 1) & mask) {
-            if (set->slots[probe] == 0) {
-                snprintf(why, why_bytes, "%s: live frame %p in slot %zu is unreachable from its home slot %zu",
-                         owner, (void *)frame, slot, frame_set_home(set, frame));
-                return false;
-            }
-        }
-    }
-    if (entries != set->count || set->count * 2 > set->capacity) {
-        snprintf(why, why_bytes, "%s: live-frame table holds %zu entries but counts %zu (capacity %zu)", owner,
-                 entries, set->count, set->capacity);
-        return false;
-    }
-    return true;
-}
 
 /* ---- Arenas and tcaches --------------------------------------------------------------------- */
 
@@ -295,7 +154,7 @@ typedef struct jemalloc_instance {
     size_t frame_bytes;
     ks_heap *heap;       /* the shared heap, or NULL for a private arena */
     uint64_t frames_live;
-    frame_set live;      /* shared mode only: frames to free at DeleteAllocator */
+    ks_frame_set live;   /* shared mode only: frames to free at DeleteAllocator */
     size_t usable_bytes; /* the size class a frame really occupies */
     size_t align_bytes;
     unsigned arena_index;
@@ -305,25 +164,25 @@ typedef struct jemalloc_instance {
     uintptr_t first_bad_free;
 } jemalloc_instance;
 
-static NTSTATUS jemalloc_check_framing(const KSALLOCATOR_FRAMING *framing)
-{
-    if (!ks_framing_align_valid(framing) || ks_framing_align_bytes(framing) > KS_JEMALLOC_MAX_ALIGN_BYTES ||
-        framing->FrameSize > KS_JEMALLOC_MAX_FRAME_BYTES)
-        return STATUS_INVALID_PARAMETER;
-    return STATUS_SUCCESS;
-}
+static const ks_framing_rules jemalloc_framing_rules = {
+    .default_frames = 0, /* Frames is not a bound: 0 stays 0 */
+    .default_frame_bytes = KS_JEMALLOC_DEFAULT_FRAME_BYTES,
+    .max_frame_bytes = KS_JEMALLOC_MAX_FRAME_BYTES,
+    .max_align_bytes = KS_JEMALLOC_MAX_ALIGN_BYTES,
+    .min_align_bytes = 1, /* MALLOCX_ALIGN(1) is no constraint */
+};
 
 /* Joins the heap's shared arena (with a live-frame set), or creates a private one. */
 static NTSTATUS jemalloc_open_arena(jemalloc_instance *instance, const KSPIN *pin)
 {
     if (pin == NULL || pin->heap == NULL)
         return jemalloc_arena_create(&instance->arena_index) ? STATUS_SUCCESS : STATUS_INSUFFICIENT_RESOURCES;
-    if (!frame_set_init(&instance->live, FRAME_SET_MIN_CAPACITY))
+    if (!ks_frame_set_init(&instance->live, KS_FRAME_SET_MIN_CAPACITY))
         return STATUS_INSUFFICIENT_RESOURCES;
     void *state = NULL;
     NTSTATUS status = pin->heap->attach(pin->heap, JEMALLOC_HEAP_FAMILY, jemalloc_shared_create, NULL, &state);
     if (!NT_SUCCESS(status)) {
-        frame_set_destroy(&instance->live);
+        ks_frame_set_destroy(&instance->live);
         return status;
     }
     instance->heap = pin->heap;
@@ -337,13 +196,14 @@ static void jemalloc_close_arena(jemalloc_instance *instance)
         jemalloc_arena_destroy(instance->arena_index);
         return;
     }
-    frame_set_destroy(&instance->live);
+    ks_frame_set_destroy(&instance->live);
     instance->heap->detach(instance->heap, JEMALLOC_HEAP_FAMILY, jemalloc_shared_destroy);
 }
 
 static NTSTATUS jemalloc_initialize(PVOID initial_context, PKSALLOCATOR_FRAMING framing, PVOID *context)
 {
-    NTSTATUS status = jemalloc_check_framing(framing);
+    ks_framing_settled settled;
+    NTSTATUS status = ks_framing_settle(framing, &jemalloc_framing_rules, &settled);
     if (!NT_SUCCESS(status))
         return status;
     jemalloc_instance *instance = calloc(1, sizeof *instance);
@@ -357,10 +217,9 @@ static NTSTATUS jemalloc_initialize(PVOID initial_context, PKSALLOCATOR_FRAMING 
     size_t index_bytes = sizeof instance->tcache_index;
     instance->has_tcache = mallctl("tcache.create", &instance->tcache_index, &index_bytes, NULL, 0) == 0 &&
                            index_bytes == sizeof instance->tcache_index;
-    if (framing->FrameSize == 0)
-        framing->FrameSize = KS_JEMALLOC_DEFAULT_FRAME_BYTES;
-    instance->frame_bytes = framing->FrameSize;
-    instance->align_bytes = ks_framing_align_bytes(framing);
+    ks_framing_write_back(framing, &settled);
+    instance->frame_bytes = settled.frame_bytes;
+    instance->align_bytes = settled.align_bytes;
     int placement = MALLOCX_ALIGN(instance->align_bytes) | MALLOCX_ARENA(instance->arena_index);
     instance->usable_bytes = nallocx(instance->frame_bytes, placement);
     instance->flags =
@@ -372,10 +231,9 @@ static NTSTATUS jemalloc_initialize(PVOID initial_context, PKSALLOCATOR_FRAMING 
 static void jemalloc_delete(PVOID context)
 {
     jemalloc_instance *instance = context;
-    if (instance->heap != NULL) /* a private arena's destroy discards live frames by itself */
-        for (size_t slot = 0; slot < instance->live.capacity; slot++)
-            if (instance->live.slots[slot] != 0)
-                sdallocx((void *)instance->live.slots[slot], instance->frame_bytes, instance->flags);
+    size_t cursor = 0; /* a private arena tracks nothing: its destroy discards live frames by itself */
+    for (void *frame; (frame = ks_frame_set_next(&instance->live, &cursor)) != NULL;)
+        sdallocx(frame, instance->frame_bytes, instance->flags);
     if (instance->has_tcache) /* flushes it: required before the arena may be destroyed */
         (void)mallctl("tcache.destroy", NULL, NULL, &instance->tcache_index, sizeof instance->tcache_index);
     jemalloc_close_arena(instance);
@@ -388,7 +246,7 @@ static PVOID jemalloc_allocate(PVOID context)
     void *frame = mallocx(instance->frame_bytes, instance->flags);
     if (frame == NULL)
         return NULL;
-    if (instance->heap != NULL && !frame_set_insert(&instance->live, frame)) {
+    if (instance->heap != NULL && !ks_frame_set_insert(&instance->live, frame)) {
         sdallocx(frame, instance->frame_bytes, instance->flags); /* untracked, it could not be released */
         return NULL;
     }
@@ -399,7 +257,7 @@ static PVOID jemalloc_allocate(PVOID context)
 static void jemalloc_free(PVOID context, PVOID buffer)
 {
     jemalloc_instance *instance = context;
-    if (instance->heap != NULL && !frame_set_remove(&instance->live, buffer)) {
+    if (instance->heap != NULL && !ks_frame_set_remove(&instance->live, buffer)) {
         if (instance->bad_frees++ == 0)
             instance->first_bad_free = (uintptr_t)buffer;
         return;
@@ -411,19 +269,17 @@ static void jemalloc_free(PVOID context, PVOID buffer)
 /* Shared mode: every tracked frame belongs to the shared arena and is a full frame. */
 static bool jemalloc_check_tracked(const jemalloc_instance *instance, char *why, size_t why_bytes)
 {
-    if (!frame_set_check(&instance->live, instance->align_bytes, "jemalloc", why, why_bytes))
+    if (!ks_frame_set_check(&instance->live, instance->align_bytes, "jemalloc", why, why_bytes))
         return false;
     if (instance->live.count != instance->frames_live) {
         snprintf(why, why_bytes, "jemalloc: %zu frames tracked but frames_live is %llu", instance->live.count,
                  (unsigned long long)instance->frames_live);
         return false;
     }
-    for (size_t slot = 0; slot < instance->live.capacity; slot++) {
-        void *frame = (void *)instance->live.slots[slot];
+    size_t cursor = 0;
+    for (void *frame; (frame = ks_frame_set_next(&instance->live, &cursor)) != NULL;) {
         unsigned owner = UINT_MAX;
         size_t owner_bytes = sizeof owner;
-        if (frame == NULL)
-            continue;
         if (mallctl("arenas.lookup", &owner, &owner_bytes, &frame, sizeof frame) != 0 ||
             owner != instance->arena_index || sallocx(frame, 0) < instance->frame_bytes) {
             snprintf(why, why_bytes, "jemalloc: live frame %p belongs to arena %u (expected %u) with %zu bytes",
@@ -465,7 +321,7 @@ static size_t jemalloc_counters(PVOID context, ks_counter *out, size_t max_count
     uint64_t arena_mapped_bytes = jemalloc_arena_stat(instance->arena_index, "mapped");
     uint64_t arena_active_bytes =
         (uint64_t)jemalloc_arena_stat(instance->arena_index, "pactive") * jemalloc_page_bytes();
-    uint64_t tracking_bytes = instance->heap ? instance->live.capacity * sizeof instance->live.slots[0] : 0;
+    uint64_t tracking_bytes = ks_frame_set_table_bytes(&instance->live); /* 0 for a private arena */
     /* "mapped" needs a jemalloc built with --enable-stats; active pages are the floor without it. */
     uint64_t private_bytes = arena_mapped_bytes ? arena_mapped_bytes : arena_active_bytes;
     uint64_t reserved_bytes =

@@ -15,7 +15,7 @@
  * aligned_alloc wants the size to be a multiple of the alignment (ASan enforces it), which
  * would round a 100-byte frame with 4096-byte alignment up to a page.
  * DeleteAllocator must release frames still live, so the instance keeps its live frames in a
- * hash set beside them (see the set below); that set also turns a Free of a frame that is not
+ * hash set beside them (frame_set.c); that set also turns a Free of a frame that is not
  * live into a counted no-op that self_check reports.
  *
  * Complexity: Allocate and Free are O(1) expected (a stack pop or push plus a set insert or
@@ -36,6 +36,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "frame_set.h"
+#include "framing.h"
 #include "ksalloc.h"
 
 #ifndef KS_LOOKASIDE_DEFAULT_FRAME_BYTES
@@ -68,154 +70,11 @@ _Static_assert((KS_LOOKASIDE_MAX_ALIGN_BYTES & (KS_LOOKASIDE_MAX_ALIGN_BYTES - 1
 _Static_assert(KS_LOOKASIDE_DEFAULT_FRAME_BYTES <= KS_LOOKASIDE_MAX_FRAME_BYTES, "default frame within the limit");
 _Static_assert(KS_LOOKASIDE_MAX_FRAME_BYTES <= ULONG_MAX, "FrameSize is a ULONG");
 
-/* ---- The live-frame set --------------------------------------------------------------------
- * Open addressing with linear probing and backward-shift deletion (no tombstones, so a long run
- * of Allocate/Free never degrades the probes), kept at most half full. It lives outside the
- * frames on purpose: a header or trailer in the frame would change the heap's size class (a
- * 4096-byte, 4096-aligned frame would cost 8 KiB) and sit where a driver's overrun lands.
- * The same code is in system.c, lookaside.c and jemalloc.c; each file stays self-contained. */
-
-#define FRAME_SET_MIN_CAPACITY 16u
-
-typedef struct frame_set {
-    uintptr_t *slots; /* 0 marks an empty slot: no frame lives at address 0 */
-    size_t capacity;  /* a power of two, at least FRAME_SET_MIN_CAPACITY */
-    size_t count;     /* invariant: count * 2 <= capacity */
-    unsigned shift;   /* 64 - log2(capacity) */
-} frame_set;
-
-_Static_assert(sizeof(uintptr_t) == sizeof(uint64_t), "the set hashes 64-bit addresses");
-_Static_assert((FRAME_SET_MIN_CAPACITY & (FRAME_SET_MIN_CAPACITY - 1)) == 0, "capacity is a power of two");
-
-/* Fibonacci hashing keeps the product's high bits, so the zero low bits of aligned frames do not
- * pile every frame into a few slots. */
-static size_t frame_set_home(const frame_set *set, uintptr_t frame)
-{
-    return (size_t)(((uint64_t)frame * UINT64_C(0x9E3779B97F4A7C15)) >> set->shift);
-}
-
-static bool frame_set_init(frame_set *set, size_t capacity)
-{
-    set->slots = calloc(capacity, sizeof *set->slots);
-    set->capacity = capacity;
-    set->count = 0;
-    set->shift = 64u - (unsigned)__builtin_ctzll((unsigned long long)capacity);
-    return set->slots != NULL;
-}
-
-static void frame_set_destroy(frame_set *set)
-{
-    free(set->slots);
-    set->slots = NULL;
-    set->capacity = 0;
-    set->count = 0;
-}
-
-static void frame_set_place(frame_set *set, uintptr_t frame)
-{
-    size_t mask = set->capacity - 1;
-    size_t slot = frame_set_home(set, frame);
-    while (set->slots[slot] != 0)
-        slot = (slot + 1) & mask;
-    set->slots[slot] = frame;
-}
-
-static bool frame_set_grow(frame_set *set)
-{
-    frame_set bigger;
-    if (!frame_set_init(&bigger, set->capacity * 2))
-        return false;
-    for (size_t slot = 0; slot < set->capacity; slot++)
-        if (set->slots[slot] != 0)
-            frame_set_place(&bigger, set->slots[slot]);
-    bigger.count = set->count;
-    free(set->slots);
-    *set = bigger;
-    return true;
-}
-
-/* Adds a frame that is not in the set. False, with the set unchanged, when it cannot grow. */
-static bool frame_set_insert(frame_set *set, const void *frame)
-{
-    if ((set->count + 1) * 2 > set->capacity && !frame_set_grow(set))
-        return false;
-    frame_set_place(set, (uintptr_t)frame);
-    set->count++;
-    return true;
-}
-
-/* The slot holding frame, or capacity when it is not in the set (NULL never is). */
-static size_t frame_set_find(const frame_set *set, uintptr_t frame)
-{
-    if (frame == 0)
-        return set->capacity;
-    size_t mask = set->capacity - 1;
-    for (size_t slot = frame_set_home(set, frame);; slot = (slot + 1) & mask) {
-        if (set->slots[slot] == frame)
-            return slot;
-        if (set->slots[slot] == 0)
-            return set->capacity;
-    }
-}
-
-/* Removes frame; false when it was not in the set. Every later entry of the probe run that may
- * move back into the hole does so, so that each entry stays reachable from its home slot. */
-static bool frame_set_remove(frame_set *set, const void *frame)
-{
-    size_t hole = frame_set_find(set, (uintptr_t)frame);
-    if (hole == set->capacity)
-        return false;
-    size_t mask = set->capacity - 1;
-    for (size_t next = (hole + 1) & mask; set->slots[next] != 0; next = (next + 1) & mask) {
-        size_t home = frame_set_home(set, set->slots[next]);
-        /* It may move iff its home is not strictly after the hole on the way to next. */
-        if (((next - home) & mask) >= ((next - hole) & mask)) {
-            set->slots[hole] = set->slots[next];
-            hole = next;
-        }
-    }
-    set->slots[hole] = 0;
-    set->count--;
-    return true;
-}
-
-/* The table's invariants: the count, the load bound, each entry aligned and reachable from its
- * home slot (no empty slot on the way). Writes the first broken one into why. */
-static bool frame_set_check(const frame_set *set, size_t align_bytes, const char *owner, char *why, size_t why_bytes)
-{
-    size_t mask = set->capacity - 1;
-    size_t entries = 0;
-    for (size_t slot = 0; slot < set->capacity; slot++) {
-        uintptr_t frame = set->slots[slot];
-        if (frame == 0)
-            continue;
-        entries++;
-        if (frame & (align_bytes - 1)) {
-            snprintf(why, why_bytes, "%s: live frame %p is not aligned to %zu bytes", owner, (void *)frame,
-                     align_bytes);
-            return false;
-        }
-        for (size_t probe = frame_set_home(set, frame); probe != slot; probe = (probe + 1) & mask) {
-            if (set->slots[probe] == 0) {
-                snprintf(why, why_bytes, "%s: live frame %p in slot %zu is unreachable from its home slot %zu",
-                         owner, (void *)frame, slot, frame_set_home(set, frame));
-                return false;
-            }
-        }
-    }
-    if (entries != set->count || set->count * 2 > set->capacity) {
-        snprintf(why, why_bytes, "%s: live-frame table holds %zu entries but counts %zu (capacity %zu)", owner,
-                 entries, set->count, set->capacity);
-        return false;
-    }
-    return true;
-}
-
 /* ---- The instance --------------------------------------------------------------------------- */
 
 typedef struct lookaside {
     pthread_mutex_t lock; /* guards everything below but the constants */
-    frame_set live;
+    ks_frame_set live;
     void **listed;        /* the lookaside list, a stack: listed[0 .. listed_count) */
     ULONG listed_count;
     ULONG depth;
@@ -234,15 +93,22 @@ static void *lookaside_heap_alloc(const lookaside *instance)
     return posix_memalign(&frame, instance->align_bytes, instance->frame_bytes) == 0 ? frame : NULL;
 }
 
-static NTSTATUS lookaside_check_framing(const KSALLOCATOR_FRAMING *framing)
+static const ks_framing_rules lookaside_framing_rules = {
+    .default_frames = 0, /* Frames 0 means no bound and stays 0 */
+    .default_frame_bytes = KS_LOOKASIDE_DEFAULT_FRAME_BYTES,
+    .max_frame_bytes = KS_LOOKASIDE_MAX_FRAME_BYTES,
+    .max_align_bytes = KS_LOOKASIDE_MAX_ALIGN_BYTES,
+    .min_align_bytes = sizeof(void *), /* posix_memalign's minimum */
+};
+
+static NTSTATUS lookaside_check_framing(const KSALLOCATOR_FRAMING *framing, ks_framing_settled *settled)
 {
-    if (!ks_framing_align_valid(framing) || ks_framing_align_bytes(framing) > KS_LOOKASIDE_MAX_ALIGN_BYTES ||
-        framing->FrameSize > KS_LOOKASIDE_MAX_FRAME_BYTES)
-        return STATUS_INVALID_PARAMETER;
-    size_t frame_bytes = framing->FrameSize ? framing->FrameSize : KS_LOOKASIDE_DEFAULT_FRAME_BYTES;
+    NTSTATUS status = ks_framing_settle(framing, &lookaside_framing_rules, settled);
+    if (!NT_SUCCESS(status))
+        return status;
     if ((framing->RequirementsFlags & KSALLOCATOR_REQUIREMENTF_MUST_ALLOCATE) &&
         (framing->Frames > KS_LOOKASIDE_MAX_PREFILL_FRAMES ||
-         (size_t)framing->Frames * frame_bytes > KS_LOOKASIDE_MAX_PREFILL_BYTES))
+         (size_t)framing->Frames * settled->frame_bytes > KS_LOOKASIDE_MAX_PREFILL_BYTES))
         return STATUS_INSUFFICIENT_RESOURCES;
     return STATUS_SUCCESS;
 }
@@ -260,10 +126,10 @@ static void lookaside_release_all(lookaside *instance)
 {
     for (ULONG index = 0; index < instance->listed_count; index++)
         free(instance->listed[index]);
-    for (size_t slot = 0; slot < instance->live.capacity; slot++)
-        if (instance->live.slots[slot] != 0)
-            free((void *)instance->live.slots[slot]);
-    frame_set_destroy(&instance->live);
+    size_t cursor = 0;
+    for (void *frame; (frame = ks_frame_set_next(&instance->live, &cursor)) != NULL;)
+        free(frame);
+    ks_frame_set_destroy(&instance->live);
     free(instance->listed);
     free(instance);
 }
@@ -282,22 +148,20 @@ static bool lookaside_prefill(lookaside *instance)
 static NTSTATUS lookaside_initialize(PVOID initial_context, PKSALLOCATOR_FRAMING framing, PVOID *context)
 {
     (void)initial_context; /* frames come from the process heap; a shared heap is not used */
-    NTSTATUS status = lookaside_check_framing(framing);
+    ks_framing_settled settled;
+    NTSTATUS status = lookaside_check_framing(framing, &settled);
     if (!NT_SUCCESS(status))
         return status;
-    if (framing->FrameSize == 0)
-        framing->FrameSize = KS_LOOKASIDE_DEFAULT_FRAME_BYTES;
+    ks_framing_write_back(framing, &settled);
     lookaside *instance = calloc(1, sizeof *instance);
     if (instance == NULL)
         return STATUS_INSUFFICIENT_RESOURCES;
     instance->depth = lookaside_depth(framing);
     instance->frames_limit = framing->Frames;
-    instance->frame_bytes = framing->FrameSize;
-    instance->align_bytes = ks_framing_align_bytes(framing);
-    if (instance->align_bytes < sizeof(void *))
-        instance->align_bytes = sizeof(void *); /* posix_memalign's minimum */
+    instance->frame_bytes = settled.frame_bytes;
+    instance->align_bytes = settled.align_bytes;
     instance->listed = calloc(instance->depth, sizeof *instance->listed);
-    bool ready = instance->listed != NULL && frame_set_init(&instance->live, FRAME_SET_MIN_CAPACITY);
+    bool ready = instance->listed != NULL && ks_frame_set_init(&instance->live, KS_FRAME_SET_MIN_CAPACITY);
     if (ready && (framing->RequirementsFlags & KSALLOCATOR_REQUIREMENTF_MUST_ALLOCATE))
         ready = lookaside_prefill(instance);
     if (!ready || pthread_mutex_init(&instance->lock, NULL) != 0) {
@@ -330,7 +194,7 @@ static PVOID lookaside_allocate(PVOID context)
         instance->misses++;
         instance->heap_failures += frame == NULL;
     }
-    if (frame != NULL && !frame_set_insert(&instance->live, frame)) {
+    if (frame != NULL && !ks_frame_set_insert(&instance->live, frame)) {
         /* Cannot track it, so cannot release it at DeleteAllocator: put it back and refuse. */
         if (instance->listed_count < instance->depth)
             instance->listed[instance->listed_count++] = frame;
@@ -347,7 +211,7 @@ static void lookaside_free(PVOID context, PVOID buffer)
     lookaside *instance = context;
     void *to_heap = NULL;
     pthread_mutex_lock(&instance->lock);
-    if (!frame_set_remove(&instance->live, buffer)) {
+    if (!ks_frame_set_remove(&instance->live, buffer)) {
         if (instance->bad_frees++ == 0)
             instance->first_bad_free = (uintptr_t)buffer;
     } else if (instance->listed_count < instance->depth) {
@@ -367,8 +231,8 @@ static bool lookaside_check_list(const lookaside *instance, char *why, size_t wh
                  (unsigned)instance->depth);
         return false;
     }
-    frame_set seen;
-    if (!frame_set_init(&seen, FRAME_SET_MIN_CAPACITY)) {
+    ks_frame_set seen;
+    if (!ks_frame_set_init(&seen, KS_FRAME_SET_MIN_CAPACITY)) {
         snprintf(why, why_bytes, "lookaside: self_check cannot allocate its scratch table");
         return false;
     }
@@ -378,18 +242,18 @@ static bool lookaside_check_list(const lookaside *instance, char *why, size_t wh
         const char *problem = NULL;
         if (frame == 0 || (frame & (instance->align_bytes - 1)) != 0)
             problem = "is NULL or misaligned";
-        else if (frame_set_find(&instance->live, frame) != instance->live.capacity)
+        else if (ks_frame_set_contains(&instance->live, (void *)frame))
             problem = "is also live";
-        else if (frame_set_find(&seen, frame) != seen.capacity)
+        else if (ks_frame_set_contains(&seen, (void *)frame))
             problem = "is listed twice";
-        else if (!frame_set_insert(&seen, (void *)frame))
+        else if (!ks_frame_set_insert(&seen, (void *)frame))
             problem = "cannot be recorded (out of memory)";
         if (problem != NULL) {
             snprintf(why, why_bytes, "lookaside: listed frame %u at %p %s", (unsigned)index, (void *)frame, problem);
             ok = false;
         }
     }
-    frame_set_destroy(&seen);
+    ks_frame_set_destroy(&seen);
     return ok;
 }
 
@@ -407,7 +271,7 @@ static NTSTATUS lookaside_self_check(PVOID context, char *why, size_t why_bytes)
                  (unsigned)instance->frames_limit);
         ok = false;
     } else {
-        ok = frame_set_check(&instance->live, instance->align_bytes, "lookaside", why, why_bytes) &&
+        ok = ks_frame_set_check(&instance->live, instance->align_bytes, "lookaside", why, why_bytes) &&
              lookaside_check_list(instance, why, why_bytes);
     }
     pthread_mutex_unlock(&instance->lock);
@@ -419,7 +283,7 @@ static size_t lookaside_counters(PVOID context, ks_counter *out, size_t max_coun
     lookaside *instance = context;
     pthread_mutex_lock(&instance->lock);
     uint64_t frames_live = instance->live.count;
-    uint64_t table_bytes = instance->live.capacity * sizeof instance->live.slots[0] +
+    uint64_t table_bytes = ks_frame_set_table_bytes(&instance->live) +
                            (uint64_t)instance->depth * sizeof instance->listed[0];
     const ks_counter counters[] = {
         {"hits", instance->hits},

@@ -48,6 +48,7 @@
 
 #include <mimalloc.h>
 
+#include "framing.h"
 #include "ksalloc.h"
 
 #define MIMALLOC_FAMILY "mimalloc"
@@ -175,16 +176,13 @@ static void mimalloc_shared_destroy(ks_heap *heap, void *state)
 
 /* ---- Dispatch ------------------------------------------------------------------------------ */
 
-static NTSTATUS mimalloc_check_framing(PKSALLOCATOR_FRAMING framing)
-{
-    if (!ks_framing_align_valid(framing) || ks_framing_align_bytes(framing) > MIMALLOC_MAX_ALIGN_BYTES)
-        return STATUS_INVALID_PARAMETER;
-    if (framing->FrameSize == 0)
-        framing->FrameSize = MIMALLOC_DEFAULT_FRAME_BYTES;
-    if (framing->FrameSize > MIMALLOC_MAX_FRAME_BYTES)
-        return STATUS_INVALID_PARAMETER;
-    return STATUS_SUCCESS;
-}
+static const ks_framing_rules mimalloc_framing_rules = {
+    .default_frames = 0, /* Frames is not a bound: 0 stays 0 */
+    .default_frame_bytes = MIMALLOC_DEFAULT_FRAME_BYTES,
+    .max_frame_bytes = MIMALLOC_MAX_FRAME_BYTES,
+    .max_align_bytes = MIMALLOC_MAX_ALIGN_BYTES,
+    .min_align_bytes = 1,
+};
 
 static NTSTATUS mimalloc_attach_heap(mimalloc_instance *instance, ks_heap *heap)
 {
@@ -209,14 +207,16 @@ static NTSTATUS mimalloc_initialize(PVOID initial_context, PKSALLOCATOR_FRAMING 
     const KSPIN *pin = initial_context;
     if (framing == NULL || context == NULL)
         return STATUS_INVALID_PARAMETER;
-    NTSTATUS status = mimalloc_check_framing(framing);
+    ks_framing_settled settled;
+    NTSTATUS status = ks_framing_settle(framing, &mimalloc_framing_rules, &settled);
     if (!NT_SUCCESS(status))
         return status;
+    ks_framing_write_back(framing, &settled);
     mimalloc_instance *instance = calloc(1, sizeof *instance);
     if (instance == NULL)
         return STATUS_INSUFFICIENT_RESOURCES;
-    instance->frame_bytes = framing->FrameSize;
-    instance->align_bytes = ks_framing_align_bytes(framing);
+    instance->frame_bytes = settled.frame_bytes;
+    instance->align_bytes = settled.align_bytes;
     instance->owner_serial = mimalloc_current_thread();
     if (pin != NULL && pin->heap != NULL) {
         status = mimalloc_attach_heap(instance, pin->heap);

@@ -28,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "framing.h"
 #include "ksalloc.h"
 
 /* Frames when the pin names none; written back into the framing. */
@@ -71,14 +72,14 @@ typedef struct pool {
     uint64_t seen[]; /* self_check's bitmap, one bit per frame */
 } pool;
 
-static NTSTATUS pool_check_framing(const KSALLOCATOR_FRAMING *framing)
-{
-    if (!ks_framing_align_valid(framing) || ks_framing_align_bytes(framing) > KS_POOL_MAX_ALIGN_BYTES)
-        return STATUS_INVALID_PARAMETER;
-    if (framing->FrameSize > KS_POOL_MAX_FRAME_BYTES)
-        return STATUS_INVALID_PARAMETER;
-    return STATUS_SUCCESS;
-}
+/* The alignment is raised to alignof(void *) so that the free-list link is an aligned store. */
+static const ks_framing_rules pool_framing_rules = {
+    .default_frames = KS_POOL_DEFAULT_FRAMES,
+    .default_frame_bytes = KS_POOL_DEFAULT_FRAME_BYTES,
+    .max_frame_bytes = KS_POOL_MAX_FRAME_BYTES,
+    .max_align_bytes = KS_POOL_MAX_ALIGN_BYTES,
+    .min_align_bytes = alignof(void *),
+};
 
 /* Threads every frame onto the free list so that the first Allocate returns the lowest one. */
 static void pool_thread_free_list(pool *instance)
@@ -94,36 +95,29 @@ static void pool_thread_free_list(pool *instance)
 static NTSTATUS pool_initialize(PVOID initial_context, PKSALLOCATOR_FRAMING framing, PVOID *context)
 {
     (void)initial_context; /* the pool draws from the process heap; a shared heap is not used */
-    NTSTATUS status = pool_check_framing(framing);
+    ks_framing_settled settled;
+    NTSTATUS status = ks_framing_settle(framing, &pool_framing_rules, &settled);
     if (!NT_SUCCESS(status))
         return status;
-    if (framing->Frames == 0)
-        framing->Frames = KS_POOL_DEFAULT_FRAMES;
-    if (framing->FrameSize == 0)
-        framing->FrameSize = KS_POOL_DEFAULT_FRAME_BYTES;
-
-    size_t align_bytes = ks_framing_align_bytes(framing);
-    if (align_bytes < alignof(void *))
-        align_bytes = alignof(void *);
-    size_t stride_bytes = ((size_t)framing->FrameSize + align_bytes - 1) & ~(align_bytes - 1);
+    ks_framing_write_back(framing, &settled);
     /* Both factors are below 2^32 and 2^29, so the product cannot overflow a 64-bit size_t. */
     _Static_assert(sizeof(size_t) >= 8, "Frames * stride is computed in size_t");
-    size_t block_bytes = (size_t)framing->Frames * stride_bytes;
+    size_t block_bytes = (size_t)settled.frames * settled.stride_bytes;
     if (block_bytes > KS_POOL_MAX_BLOCK_BYTES)
         return STATUS_INSUFFICIENT_RESOURCES;
 
-    size_t bitmap_words = ((size_t)framing->Frames + 63) / 64;
+    size_t bitmap_words = ((size_t)settled.frames + 63) / 64;
     pool *instance = calloc(1, sizeof *instance + bitmap_words * sizeof instance->seen[0]);
     void *block = NULL;
-    if (instance == NULL || posix_memalign(&block, align_bytes, block_bytes) != 0) {
+    if (instance == NULL || posix_memalign(&block, settled.align_bytes, block_bytes) != 0) {
         free(instance);
         return STATUS_INSUFFICIENT_RESOURCES;
     }
     instance->block = block;
-    instance->stride_bytes = stride_bytes;
-    instance->align_bytes = align_bytes;
+    instance->stride_bytes = settled.stride_bytes;
+    instance->align_bytes = settled.align_bytes;
     instance->block_bytes = block_bytes;
-    instance->frames = framing->Frames;
+    instance->frames = settled.frames;
     pool_thread_free_list(instance);
     *context = instance;
     return STATUS_SUCCESS;

@@ -10,7 +10,7 @@
  * allocator, which is what a sanitizer build exists for (and lets LSan see every frame).
  * FrameSize 0 becomes 4096, written back; Frames is not a bound (0 stays 0). Because
  * DeleteAllocator must release frames still live and glibc has no per-instance heap to drop, the
- * instance keeps its live frames in a hash set beside the frames (not in them: see the set).
+ * instance keeps its live frames in a hash set beside the frames (not in them: frame_set.c says why).
  * The set also turns a Free of a frame that is not live into a counted no-op instead of heap
  * corruption; self_check reports it.
  *
@@ -32,6 +32,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "frame_set.h"
+#include "framing.h"
 #include "ksalloc.h"
 
 /* ---- Which heap ---------------------------------------------------------------------------- */
@@ -73,6 +75,7 @@ static void system_heap_free(void *frame)
 {
     __libc_free(frame);
 }
+
 #endif
 
 /* ---- Tuning and limits ---------------------------------------------------------------------- */
@@ -91,179 +94,44 @@ _Static_assert((KS_SYSTEM_MAX_ALIGN_BYTES & (KS_SYSTEM_MAX_ALIGN_BYTES - 1)) == 
 _Static_assert(KS_SYSTEM_DEFAULT_FRAME_BYTES <= KS_SYSTEM_MAX_FRAME_BYTES, "default frame within the limit");
 _Static_assert(KS_SYSTEM_MAX_FRAME_BYTES <= ULONG_MAX, "FrameSize is a ULONG");
 
-/* ---- The live-frame set --------------------------------------------------------------------
- * Open addressing with linear probing and backward-shift deletion (no tombstones, so a long run
- * of Allocate/Free never degrades the probes), kept at most half full. It lives outside the
- * frames on purpose: a header or trailer in the frame would change the heap's size class (a
- * 4096-byte, 4096-aligned frame would cost 8 KiB) and sit where a driver's overrun lands.
- * The same code is in system.c, lookaside.c and jemalloc.c; each file stays self-contained. */
-
-#define FRAME_SET_MIN_CAPACITY 16u
-
-typedef struct frame_set {
-    uintptr_t *slots; /* 0 marks an empty slot: no frame lives at address 0 */
-    size_t capacity;  /* a power of two, at least FRAME_SET_MIN_CAPACITY */
-    size_t count;     /* invariant: count * 2 <= capacity */
-    unsigned shift;   /* 64 - log2(capacity) */
-} frame_set;
-
-_Static_assert(sizeof(uintptr_t) == sizeof(uint64_t), "the set hashes 64-bit addresses");
-_Static_assert((FRAME_SET_MIN_CAPACITY & (FRAME_SET_MIN_CAPACITY - 1)) == 0, "capacity is a power of two");
-
-/* Fibonacci hashing keeps the product's high bits, so the zero low bits of aligned frames do not
- * pile every frame into a few slots. */
-static size_t frame_set_home(const frame_set *set, uintptr_t frame)
-{
-    return (size_t)(((uint64_t)frame * UINT64_C(0x9E3779B97F4A7C15)) >> set->shift);
-}
-
-static bool frame_set_init(frame_set *set, size_t capacity)
-{
-    set->slots = calloc(capacity, sizeof *set->slots);
-    set->capacity = capacity;
-    set->count = 0;
-    set->shift = 64u - (unsigned)__builtin_ctzll((unsigned long long)capacity);
-    return set->slots != NULL;
-}
-
-static void frame_set_destroy(frame_set *set)
-{
-    free(set->slots);
-    set->slots = NULL;
-    set->capacity = 0;
-    set->count = 0;
-}
-
-static void frame_set_place(frame_set *set, uintptr_t frame)
-{
-    size_t mask = set->capacity - 1;
-    size_t slot = frame_set_home(set, frame);
-    while (set->slots[slot] != 0)
-        slot = (slot + 1) & mask;
-    set->slots[slot] = frame;
-}
-
-static bool frame_set_grow(frame_set *set)
-{
-    frame_set bigger;
-    if (!frame_set_init(&bigger, set->capacity * 2))
-        return false;
-    for (size_t slot = 0; slot < set->capacity; slot++)
-        if (set->slots[slot] != 0)
-            frame_set_place(&bigger, set->slots[slot]);
-    bigger.count = set->count;
-    free(set->slots);
-    *set = bigger;
-    return true;
-}
-
-/* Adds a frame that is not in the set. False, with the set unchanged, when it cannot grow. */
-static bool frame_set_insert(frame_set *set, const void *frame)
-{
-    if ((set->count + 1) * 2 > set->capacity && !frame_set_grow(set))
-        return false;
-    frame_set_place(set, (uintptr_t)frame);
-    set->count++;
-    return true;
-}
-
-/* The slot holding frame, or capacity when it is not in the set (NULL never is). */
-static size_t frame_set_find(const frame_set *set, uintptr_t frame)
-{
-    if (frame == 0)
-        return set->capacity;
-    size_t mask = set->capacity - 1;
-    for (size_t slot = frame_set_home(set, frame);; slot = (slot + 1) & mask) {
-        if (set->slots[slot] == frame)
-            return slot;
-        if (set->slots[slot] == 0)
-            return set->capacity;
-    }
-}
-
-/* Removes frame; false when it was not in the set. Every later entry of the probe run that may
- * move back into the hole does so, so that each entry stays reachable from its home slot. */
-static bool frame_set_remove(frame_set *set, const void *frame)
-{
-    size_t hole = frame_set_find(set, (uintptr_t)frame);
-    if (hole == set->capacity)
-        return false;
-    size_t mask = set->capacity - 1;
-    for (size_t next = (hole + 1) & mask; set->slots[next] != 0; next = (next + 1) & mask) {
-        size_t home = frame_set_home(set, set->slots[next]);
-        /* It may move iff its home is not strictly after the hole on the way to next. */
-        if (((next - home) & mask) >= ((next - hole) & mask)) {
-            set->slots[hole] = set->slots[next];
-            hole = next;
-        }
-    }
-    set->slots[hole] = 0;
-    set->count--;
-    return true;
-}
-
-/* The table's invariants: the count, the load bound, each entry aligned and reachable from its
- * home slot (no empty slot on the way). Writes the first broken one into why. */
-static bool frame_set_check(const frame_set *set, size_t align_bytes, const char *owner, char *why, size_t why_bytes)
-{
-    size_t mask = set->capacity - 1;
-    size_t entries = 0;
-    for (size_t slot = 0; slot < set->capacity; slot++) {
-        uintptr_t frame = set->slots[slot];
-        if (frame == 0)
-            continue;
-        entries++;
-        if (frame & (align_bytes - 1)) {
-            snprintf(why, why_bytes, "%s: live frame %p is not aligned to %zu bytes", owner, (void *)frame,
-                     align_bytes);
-            return false;
-        }
-        for (size_t probe = frame_set_home(set, frame); probe != slot; probe = (probe + 1) & mask) {
-            if (set->slots[probe] == 0) {
-                snprintf(why, why_bytes, "%s: live frame %p in slot %zu is unreachable from its home slot %zu",
-                         owner, (void *)frame, slot, frame_set_home(set, frame));
-                return false;
-            }
-        }
-    }
-    if (entries != set->count || set->count * 2 > set->capacity) {
-        snprintf(why, why_bytes, "%s: live-frame table holds %zu entries but counts %zu (capacity %zu)", owner,
-                 entries, set->count, set->capacity);
-        return false;
-    }
-    return true;
-}
-
 /* ---- The instance --------------------------------------------------------------------------- */
 
 typedef struct system_instance {
     pthread_mutex_t lock; /* guards live and the bad-free record */
-    frame_set live;
+    ks_frame_set live;
     size_t frame_bytes;
     size_t align_bytes;
     uint64_t bad_frees;        /* Free calls of a frame not live here: ignored, reported by self_check */
     uintptr_t first_bad_free;  /* the first such address */
 } system_instance;
 
+static const ks_framing_rules system_framing_rules = {
+    .default_frames = 0, /* Frames is not a bound: 0 stays 0 */
+    .default_frame_bytes = KS_SYSTEM_DEFAULT_FRAME_BYTES,
+    .max_frame_bytes = KS_SYSTEM_MAX_FRAME_BYTES,
+    .max_align_bytes = KS_SYSTEM_MAX_ALIGN_BYTES,
+    .min_align_bytes = 1,
+};
+
 static NTSTATUS system_initialize(PVOID initial_context, PKSALLOCATOR_FRAMING framing, PVOID *context)
 {
     (void)initial_context; /* glibc's heap is process-wide; a shared heap in the pin is not used */
-    if (!ks_framing_align_valid(framing) || ks_framing_align_bytes(framing) > KS_SYSTEM_MAX_ALIGN_BYTES ||
-        framing->FrameSize > KS_SYSTEM_MAX_FRAME_BYTES)
-        return STATUS_INVALID_PARAMETER;
+    ks_framing_settled settled;
+    NTSTATUS status = ks_framing_settle(framing, &system_framing_rules, &settled);
+    if (!NT_SUCCESS(status))
+        return status;
     system_instance *instance = calloc(1, sizeof *instance);
     if (instance == NULL)
         return STATUS_INSUFFICIENT_RESOURCES;
-    if (!frame_set_init(&instance->live, FRAME_SET_MIN_CAPACITY) ||
+    if (!ks_frame_set_init(&instance->live, KS_FRAME_SET_MIN_CAPACITY) ||
         pthread_mutex_init(&instance->lock, NULL) != 0) {
-        frame_set_destroy(&instance->live);
+        ks_frame_set_destroy(&instance->live);
         free(instance);
         return STATUS_INSUFFICIENT_RESOURCES;
     }
-    if (framing->FrameSize == 0)
-        framing->FrameSize = KS_SYSTEM_DEFAULT_FRAME_BYTES;
-    instance->frame_bytes = framing->FrameSize;
-    instance->align_bytes = ks_framing_align_bytes(framing);
+    ks_framing_write_back(framing, &settled);
+    instance->frame_bytes = settled.frame_bytes;
+    instance->align_bytes = settled.align_bytes;
     *context = instance;
     return STATUS_SUCCESS;
 }
@@ -271,10 +139,10 @@ static NTSTATUS system_initialize(PVOID initial_context, PKSALLOCATOR_FRAMING fr
 static void system_delete(PVOID context)
 {
     system_instance *instance = context;
-    for (size_t slot = 0; slot < instance->live.capacity; slot++)
-        if (instance->live.slots[slot] != 0)
-            system_heap_free((void *)instance->live.slots[slot]);
-    frame_set_destroy(&instance->live);
+    size_t cursor = 0;
+    for (void *frame; (frame = ks_frame_set_next(&instance->live, &cursor)) != NULL;)
+        system_heap_free(frame);
+    ks_frame_set_destroy(&instance->live);
     pthread_mutex_destroy(&instance->lock);
     free(instance);
 }
@@ -286,7 +154,7 @@ static PVOID system_allocate(PVOID context)
     if (frame == NULL)
         return NULL;
     pthread_mutex_lock(&instance->lock);
-    bool tracked = frame_set_insert(&instance->live, frame);
+    bool tracked = ks_frame_set_insert(&instance->live, frame);
     pthread_mutex_unlock(&instance->lock);
     if (!tracked) { /* the set could not grow: a frame we could not release later is refused */
         system_heap_free(frame);
@@ -299,7 +167,7 @@ static void system_free(PVOID context, PVOID buffer)
 {
     system_instance *instance = context;
     pthread_mutex_lock(&instance->lock);
-    bool was_live = frame_set_remove(&instance->live, buffer);
+    bool was_live = ks_frame_set_remove(&instance->live, buffer);
     if (!was_live && instance->bad_frees++ == 0)
         instance->first_bad_free = (uintptr_t)buffer;
     pthread_mutex_unlock(&instance->lock);
@@ -316,7 +184,7 @@ static NTSTATUS system_self_check(PVOID context, char *why, size_t why_bytes)
         snprintf(why, why_bytes, "system: %llu Free call(s) of a frame not live in this instance, first %p",
                  (unsigned long long)instance->bad_frees, (void *)instance->first_bad_free);
         status = STATUS_DATA_ERROR;
-    } else if (!frame_set_check(&instance->live, instance->align_bytes, "system", why, why_bytes)) {
+    } else if (!ks_frame_set_check(&instance->live, instance->align_bytes, "system", why, why_bytes)) {
         status = STATUS_DATA_ERROR;
     }
     pthread_mutex_unlock(&instance->lock);
@@ -328,7 +196,7 @@ static size_t system_counters(PVOID context, ks_counter *out, size_t max_counter
     system_instance *instance = context;
     pthread_mutex_lock(&instance->lock);
     uint64_t frames_live = instance->live.count;
-    uint64_t tracking_bytes = instance->live.capacity * sizeof instance->live.slots[0];
+    uint64_t tracking_bytes = ks_frame_set_table_bytes(&instance->live);
     uint64_t bad_frees = instance->bad_frees;
     pthread_mutex_unlock(&instance->lock);
     const ks_counter counters[] = {

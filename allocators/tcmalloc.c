@@ -4,10 +4,11 @@
  *
  * Design. tcmalloc has one process-wide heap and no per-instance heap or arena to destroy, so an
  * instance must know its live frames to honour "DeleteAllocator releases frames still live". It
- * keeps them in a side table: an open-addressing hash set of frame addresses (linear probing,
- * Fibonacci hashing, load factor at most 1/2, deletion by backward shift so there are no
- * tombstones). A side table rather than a header in front of each frame because a header would
- * change what tcmalloc is asked for: FrameSize + header crosses a size class for the power-of-two
+ * keeps them in a side table, the live-frame set of frame_set.c (open addressing, load factor at
+ * most 1/2, no tombstones), started at 64 slots and grown before tc_memalign is called, so that
+ * a frame tcmalloc hands out can always be tracked and is never freed straight back. A side
+ * table rather than a header in front of each frame because a header would change what
+ * tcmalloc is asked for: FrameSize + header crosses a size class for the power-of-two
  * frames streams use (measured with 2.10: a 4112-byte request is served from the 4608-byte class,
  * 12.5% more than 4096, and at 4096-byte alignment from 8192 bytes), and in front of an
  * A-aligned frame a header costs A bytes. With the table, tcmalloc sees exactly the request a
@@ -44,6 +45,8 @@
 #include <gperftools/malloc_extension_c.h>
 #include <gperftools/tcmalloc.h>
 
+#include "frame_set.h"
+#include "framing.h"
 #include "ksalloc.h"
 
 #define TCMALLOC_DEFAULT_FRAME_BYTES 4096u
@@ -55,11 +58,9 @@
 _Static_assert((TCMALLOC_MAX_ALIGN_BYTES & (TCMALLOC_MAX_ALIGN_BYTES - 1)) == 0, "alignment limit is a power of two");
 _Static_assert(TCMALLOC_DEFAULT_FRAME_BYTES <= TCMALLOC_MAX_FRAME_BYTES, "the default frame is within the limit");
 _Static_assert(TCMALLOC_MAX_FRAME_BYTES <= UINT32_MAX, "FrameSize is a ULONG");
+/* The live-frame table's first size: 32 frames before it first grows. */
 #define TCMALLOC_TABLE_MIN_SLOTS 64u
-#define TCMALLOC_FIBONACCI 0x9E3779B97F4A7C15ull /* 2^64 / golden ratio, odd */
-
 _Static_assert((TCMALLOC_TABLE_MIN_SLOTS & (TCMALLOC_TABLE_MIN_SLOTS - 1)) == 0, "table sizes are powers of two");
-_Static_assert(sizeof(uintptr_t) == 8, "Fibonacci hashing below assumes 64-bit addresses");
 
 #if defined(__SANITIZE_THREAD__)
 #define TCMALLOC_TSAN 1
@@ -139,114 +140,39 @@ __attribute__((weak)) const char *__lsan_default_options(void)
 typedef struct tcmalloc_instance {
     size_t frame_bytes;
     size_t align_bytes;
-    void **slots;         /* hash set of live frames; NULL marks an empty slot */
-    size_t slot_count;    /* a power of two, >= 2 * frames_live */
-    unsigned slot_shift;  /* 64 - log2(slot_count) */
-    size_t frames_live;
+    ks_frame_set live;     /* the live frames; live.count is frames_live */
     size_t frame_tc_bytes; /* tc_malloc_size of a frame (its size class), once one was handed out */
     uint64_t allocation_failures;
     uint64_t unknown_frees;
     const void *last_unknown_free;
 } tcmalloc_instance;
 
-/* ---- The live-frame table ------------------------------------------------------------------ */
-
-static size_t table_home(const tcmalloc_instance *instance, const void *frame)
-{
-    return (size_t)(((uint64_t)(uintptr_t)frame * TCMALLOC_FIBONACCI) >> instance->slot_shift);
-}
-
-/* Index of frame's slot, or slot_count when frame is not in the table. */
-static size_t table_find(const tcmalloc_instance *instance, const void *frame)
-{
-    size_t mask = instance->slot_count - 1;
-    for (size_t i = table_home(instance, frame);; i = (i + 1) & mask) {
-        if (instance->slots[i] == frame)
-            return i;
-        if (instance->slots[i] == NULL)
-            return instance->slot_count;
-    }
-}
-
-static void table_insert(tcmalloc_instance *instance, void *frame)
-{
-    size_t mask = instance->slot_count - 1;
-    size_t i = table_home(instance, frame);
-    while (instance->slots[i] != NULL)
-        i = (i + 1) & mask;
-    instance->slots[i] = frame;
-}
-
-/* Empties slot i and shifts back later members of its probe run so that no lookup stops early. */
-static void table_remove_at(tcmalloc_instance *instance, size_t hole)
-{
-    size_t mask = instance->slot_count - 1;
-    for (size_t i = (hole + 1) & mask; instance->slots[i] != NULL; i = (i + 1) & mask) {
-        size_t home = table_home(instance, instance->slots[i]);
-        /* The member at i may fill the hole iff the hole lies on its probe path home..i. */
-        if (((i - home) & mask) >= ((i - hole) & mask)) {
-            instance->slots[hole] = instance->slots[i];
-            hole = i;
-        }
-    }
-    instance->slots[hole] = NULL;
-}
-
-static bool table_resize(tcmalloc_instance *instance, size_t slot_count)
-{
-    void **old_slots = instance->slots;
-    size_t old_count = instance->slot_count;
-    void **slots = calloc(slot_count, sizeof *slots);
-    if (slots == NULL)
-        return false;
-    unsigned log2_slots = (unsigned)__builtin_ctzll((unsigned long long)slot_count);
-    instance->slots = slots;
-    instance->slot_count = slot_count;
-    instance->slot_shift = 64u - log2_slots;
-    for (size_t i = 0; i < old_count; i++)
-        if (old_slots[i] != NULL)
-            table_insert(instance, old_slots[i]);
-    free(old_slots);
-    return true;
-}
-
-/* Makes room for one more frame at load factor <= 1/2. */
-static bool table_reserve_one(tcmalloc_instance *instance)
-{
-    if ((instance->frames_live + 1) * 2 <= instance->slot_count)
-        return true;
-    if (instance->slot_count > SIZE_MAX / 2 / sizeof(void *))
-        return false;
-    return table_resize(instance, instance->slot_count * 2);
-}
-
 /* ---- Dispatch ------------------------------------------------------------------------------ */
 
-static NTSTATUS tcmalloc_check_framing(PKSALLOCATOR_FRAMING framing)
-{
-    if (!ks_framing_align_valid(framing) || ks_framing_align_bytes(framing) > TCMALLOC_MAX_ALIGN_BYTES)
-        return STATUS_INVALID_PARAMETER;
-    if (framing->FrameSize == 0)
-        framing->FrameSize = TCMALLOC_DEFAULT_FRAME_BYTES;
-    if (framing->FrameSize > TCMALLOC_MAX_FRAME_BYTES)
-        return STATUS_INVALID_PARAMETER;
-    return STATUS_SUCCESS;
-}
+static const ks_framing_rules tcmalloc_framing_rules = {
+    .default_frames = 0, /* Frames is not a bound: 0 stays 0 */
+    .default_frame_bytes = TCMALLOC_DEFAULT_FRAME_BYTES,
+    .max_frame_bytes = TCMALLOC_MAX_FRAME_BYTES,
+    .max_align_bytes = TCMALLOC_MAX_ALIGN_BYTES,
+    .min_align_bytes = 1,
+};
 
 static NTSTATUS tcmalloc_initialize(PVOID initial_context, PKSALLOCATOR_FRAMING framing, PVOID *context)
 {
     (void)initial_context; /* the pin's shared heap, if any, has nothing to offer (top comment) */
     if (framing == NULL || context == NULL)
         return STATUS_INVALID_PARAMETER;
-    NTSTATUS status = tcmalloc_check_framing(framing);
+    ks_framing_settled settled;
+    NTSTATUS status = ks_framing_settle(framing, &tcmalloc_framing_rules, &settled);
     if (!NT_SUCCESS(status))
         return status;
+    ks_framing_write_back(framing, &settled);
     tcmalloc_instance *instance = calloc(1, sizeof *instance);
     if (instance == NULL)
         return STATUS_INSUFFICIENT_RESOURCES;
-    instance->frame_bytes = framing->FrameSize;
-    instance->align_bytes = ks_framing_align_bytes(framing);
-    if (!table_resize(instance, TCMALLOC_TABLE_MIN_SLOTS)) {
+    instance->frame_bytes = settled.frame_bytes;
+    instance->align_bytes = settled.align_bytes;
+    if (!ks_frame_set_init(&instance->live, TCMALLOC_TABLE_MIN_SLOTS)) {
         free(instance);
         return STATUS_INSUFFICIENT_RESOURCES;
     }
@@ -260,17 +186,17 @@ static void tcmalloc_delete(PVOID context)
     if (instance == NULL)
         return;
     TCMALLOC_FRAME_RELEASED(); /* frames still live go back to tcmalloc too */
-    for (size_t i = 0; i < instance->slot_count; i++)
-        if (instance->slots[i] != NULL)
-            tc_free(instance->slots[i]);
-    free(instance->slots);
+    size_t cursor = 0;
+    for (void *frame; (frame = ks_frame_set_next(&instance->live, &cursor)) != NULL;)
+        tc_free(frame);
+    ks_frame_set_destroy(&instance->live);
     free(instance);
 }
 
 static PVOID tcmalloc_allocate(PVOID context)
 {
     tcmalloc_instance *instance = context;
-    if (!table_reserve_one(instance)) {
+    if (!ks_frame_set_reserve(&instance->live, 1)) {
         instance->allocation_failures++;
         return NULL;
     }
@@ -280,8 +206,7 @@ static PVOID tcmalloc_allocate(PVOID context)
         return NULL;
     }
     TCMALLOC_FRAME_ACQUIRED();
-    table_insert(instance, frame);
-    instance->frames_live++;
+    (void)ks_frame_set_insert(&instance->live, frame); /* cannot fail: reserved above */
     if (instance->frame_tc_bytes == 0)
         instance->frame_tc_bytes = tc_malloc_size(frame);
     return frame;
@@ -292,40 +217,27 @@ static void tcmalloc_free(PVOID context, PVOID buffer)
     tcmalloc_instance *instance = context;
     if (buffer == NULL)
         return;
-    size_t slot = table_find(instance, buffer);
-    if (slot == instance->slot_count) {
+    if (!ks_frame_set_remove(&instance->live, buffer)) {
         instance->unknown_frees++;
         instance->last_unknown_free = buffer;
         return;
     }
-    table_remove_at(instance, slot);
-    instance->frames_live--;
     TCMALLOC_FRAME_RELEASED();
     tc_free(buffer);
 }
 
 /* ---- Self-check and counters ---------------------------------------------------------------- */
 
-/* Checks one table member: reachable from its home slot, aligned, owned and big enough. */
-static NTSTATUS tcmalloc_check_slot(const tcmalloc_instance *instance, size_t slot, char *why, size_t why_bytes)
+/* Checks one live frame beyond what the table knows: tcmalloc owns it and it is big enough. */
+static NTSTATUS tcmalloc_check_frame(const tcmalloc_instance *instance, void *frame, char *why, size_t why_bytes)
 {
-    const void *frame = instance->slots[slot];
-    if (table_find(instance, frame) != slot) {
-        snprintf(why, why_bytes, "tcmalloc: frame %p in slot %zu is unreachable from its home slot %zu or listed twice",
-                 frame, slot, table_home(instance, frame));
-        return STATUS_DATA_ERROR;
-    }
-    if (((uintptr_t)frame & (instance->align_bytes - 1)) != 0) {
-        snprintf(why, why_bytes, "tcmalloc: frame %p is not aligned to %zu bytes", frame, instance->align_bytes);
-        return STATUS_DATA_ERROR;
-    }
     if (MallocExtension_GetOwnership(frame) != MallocExtension_kOwned) {
         snprintf(why, why_bytes, "tcmalloc: frame %p is live in the instance but tcmalloc does not own it", frame);
         return STATUS_DATA_ERROR;
     }
-    if (tc_malloc_size((void *)(uintptr_t)frame) < instance->frame_bytes) {
+    if (tc_malloc_size(frame) < instance->frame_bytes) {
         snprintf(why, why_bytes, "tcmalloc: frame %p has %zu usable bytes, less than the %zu-byte frame", frame,
-                 tc_malloc_size((void *)(uintptr_t)frame), instance->frame_bytes);
+                 tc_malloc_size(frame), instance->frame_bytes);
         return STATUS_DATA_ERROR;
     }
     return STATUS_SUCCESS;
@@ -339,19 +251,13 @@ static NTSTATUS tcmalloc_self_check(PVOID context, char *why, size_t why_bytes)
                  (unsigned long long)instance->unknown_frees, instance->last_unknown_free);
         return STATUS_DATA_ERROR;
     }
-    size_t members = 0;
-    for (size_t slot = 0; slot < instance->slot_count; slot++) {
-        if (instance->slots[slot] == NULL)
-            continue;
-        members++;
-        NTSTATUS status = tcmalloc_check_slot(instance, slot, why, why_bytes);
+    if (!ks_frame_set_check(&instance->live, instance->align_bytes, "tcmalloc", why, why_bytes))
+        return STATUS_DATA_ERROR;
+    size_t cursor = 0;
+    for (void *frame; (frame = ks_frame_set_next(&instance->live, &cursor)) != NULL;) {
+        NTSTATUS status = tcmalloc_check_frame(instance, frame, why, why_bytes);
         if (!NT_SUCCESS(status))
             return status;
-    }
-    if (members != instance->frames_live || instance->frames_live * 2 > instance->slot_count) {
-        snprintf(why, why_bytes, "tcmalloc: table of %zu slots holds %zu frames, frames_live says %zu",
-                 instance->slot_count, members, instance->frames_live);
-        return STATUS_DATA_ERROR;
     }
     return STATUS_SUCCESS;
 }
@@ -363,12 +269,12 @@ static size_t tcmalloc_counters(PVOID context, ks_counter *out, size_t max_count
     MallocExtension_GetNumericProperty("generic.current_allocated_bytes", &process_allocated_bytes);
     MallocExtension_GetNumericProperty("generic.heap_size", &process_heap_bytes);
     const ks_counter all[] = {
-        {"frames_live", instance->frames_live},
+        {"frames_live", instance->live.count},
         /* What this instance holds: its frames in tcmalloc's size class, and its table. */
-        {"reserved_bytes", (uint64_t)instance->frames_live * instance->frame_tc_bytes +
-                               instance->slot_count * sizeof(void *)},
+        {"reserved_bytes", (uint64_t)instance->live.count * instance->frame_tc_bytes +
+                               ks_frame_set_table_bytes(&instance->live)},
         {"frame_tc_bytes", instance->frame_tc_bytes},
-        {"table_slots", instance->slot_count},
+        {"table_slots", instance->live.capacity},
         {"allocation_failures", instance->allocation_failures},
         {"unknown_frees", instance->unknown_frees},
         /* Process-wide, every tcmalloc instance together (tcmalloc is not the process malloc). */

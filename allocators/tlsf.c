@@ -69,6 +69,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "framing.h"
 #include "ksalloc.h"
 
 #ifndef KS_DEBUG
@@ -489,26 +490,29 @@ static bool tlsf_tag_in_use(const tlsf_control *control, unsigned tag)
     return (control->tags_in_use[tag / 64] >> (tag % 64)) & 1u;
 }
 
+static const ks_framing_rules tlsf_framing_rules = {
+    .default_frames = TLSF_DEFAULT_FRAMES,
+    .default_frame_bytes = TLSF_DEFAULT_FRAME_BYTES,
+    .max_frame_bytes = TLSF_MAX_FRAME_BYTES,
+    .max_align_bytes = TLSF_MAX_ALIGN_BYTES,
+    .min_align_bytes = TLSF_ALIGN_BYTES, /* every payload is 16-aligned anyway */
+};
+
 /* Defaults written back, limits checked, the instance's payload size, alignment and search pad
  * set. A private instance rounds its payload so that header + payload is a multiple of the
  * alignment: its frames then tile the region from an aligned first payload, every free block
  * starts aligned, and good fit needs no pad for the gap. */
 static NTSTATUS tlsf_choose_framing(tlsf_instance *instance, KSALLOCATOR_FRAMING *framing, bool shared)
 {
-    if (!ks_framing_align_valid(framing))
-        return STATUS_INVALID_PARAMETER;
-    if (framing->Frames == 0)
-        framing->Frames = TLSF_DEFAULT_FRAMES;
-    if (framing->FrameSize == 0)
-        framing->FrameSize = TLSF_DEFAULT_FRAME_BYTES;
-    size_t align_bytes = ks_framing_align_bytes(framing);
-    if (framing->FrameSize > TLSF_MAX_FRAME_BYTES || align_bytes > TLSF_MAX_ALIGN_BYTES)
-        return STATUS_INVALID_PARAMETER;
-    size_t payload_bytes = ((size_t)framing->FrameSize + TLSF_ALIGN_BYTES - 1) & ~(TLSF_ALIGN_BYTES - 1);
+    ks_framing_settled settled;
+    NTSTATUS status = ks_framing_settle(framing, &tlsf_framing_rules, &settled);
+    if (!NT_SUCCESS(status))
+        return status;
+    ks_framing_write_back(framing, &settled);
+    size_t align_bytes = settled.align_bytes;
+    size_t payload_bytes = (settled.frame_bytes + TLSF_ALIGN_BYTES - 1) & ~(TLSF_ALIGN_BYTES - 1);
     if (payload_bytes < TLSF_MIN_PAYLOAD_BYTES)
         payload_bytes = TLSF_MIN_PAYLOAD_BYTES;
-    if (align_bytes < TLSF_ALIGN_BYTES)
-        align_bytes = TLSF_ALIGN_BYTES;
     if (!shared)
         payload_bytes =
             ((payload_bytes + TLSF_HEADER_BYTES + align_bytes - 1) & ~(align_bytes - 1)) - TLSF_HEADER_BYTES;
