@@ -26,6 +26,9 @@ extern const ks_allocator_entry ks_allocator_tlsf;
 extern const ks_allocator_entry ks_allocator_ring;
 extern const ks_allocator_entry ks_allocator_magazine;
 extern const ks_allocator_entry ks_allocator_lockfree;
+extern const ks_allocator_entry ks_allocator_dma_common;
+extern const ks_allocator_entry ks_allocator_dma_sg;
+extern const ks_allocator_entry ks_allocator_dma_pool;
 
 static const ks_allocator_entry *const builtin_entries[] = {
     &ks_allocator_system,
@@ -39,6 +42,9 @@ static const ks_allocator_entry *const builtin_entries[] = {
     &ks_allocator_ring,
     &ks_allocator_magazine,
     &ks_allocator_lockfree,
+    &ks_allocator_dma_common,
+    &ks_allocator_dma_sg,
+    &ks_allocator_dma_pool,
 };
 
 #define BUILTIN_COUNT (sizeof builtin_entries / sizeof builtin_entries[0])

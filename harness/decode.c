@@ -13,6 +13,12 @@
  * empty pin become ALLOCATE, k is drawn below the live count). A byte sequence therefore maps to
  * exactly one op stream for a given allocator behaviour, which is what lets a crashing input be
  * minimised and replayed.
+ * DMA. When a pin's entry has KS_CAP_DMA, one more config byte picks the device from a table
+ * (coherent or not, IOMMU or not, scatter/gather, 64- or 32-bit mask), and the op byte's two
+ * top selector values become a DMA op (capture, render or loopback, chosen by one more byte);
+ * without a device nothing changes, so corpora recorded before DMA decode as they did. DMA ops
+ * obey the engine's rules: never on an empty pin (ALLOCATE instead), loopback only with two
+ * frames live and k below the newest (capture instead).
  * Cost: O(1) per op, no allocation. Thread safety: a reader belongs to one thread.
  */
 #include <stdio.h>
@@ -32,6 +38,15 @@ _Static_assert(KS_MAX_HEAPS >= 1, "the decoder uses heap 0");
 
 static const uint32_t frame_bytes_table[] = {0, 1, 8, 24, 64, 100, 512, 4096, 4100, 65536, 1u << 20};
 static const uint32_t align_mask_table[] = {0, 7, 15, 63, 255, 4095};
+/* Every device here has scatter/gather or an IOMMU, which dma_sg needs to open at all. */
+static const char *const dma_options_table[] = {
+    "mask=64,sg=1",
+    "mask=32,iommu=1",
+    "mask=32,coherent=0,sg=1",
+    "mask=32,coherent=0,sg=1,iommu=1",
+    "mask=32,sg=1,iommu=1,max_seg=64K,boundary=64K",
+    "mask=40,coherent=0,sg=1,max_seg=16K",
+};
 
 /* ---- the reader ----------------------------------------------------------------------------- */
 
@@ -128,6 +143,13 @@ void ks_decode_config(ks_byte_reader *reader, const ks_allocator_entry *const *e
         config->heap_count = 1;
         config->heap_bytes[0] = DECODE_SHARED_HEAP_BYTES;
     }
+    bool dma = false;
+    for (unsigned i = 0; i < config->pin_count; i++)
+        dma = dma || (config->pins[i].entry->caps & KS_CAP_DMA) != 0;
+    if (dma) {
+        size_t index = ks_reader_below(reader, sizeof dma_options_table / sizeof dma_options_table[0]);
+        snprintf(config->dma_options, sizeof config->dma_options, "%s", dma_options_table[index]);
+    }
 }
 
 /* ---- ops ------------------------------------------------------------------------------------ */
@@ -142,6 +164,19 @@ static ks_op_kind kind_of_byte(uint8_t byte)
     return selector < 7 ? KS_OP_FREE : KS_OP_TOUCH;
 }
 
+/* With a device: allocate 3/8, free 2/8, touch 1/8, a DMA op 2/8 (its kind from the next byte). */
+static ks_op_kind dma_kind_of_byte(ks_byte_reader *reader, uint8_t byte)
+{
+    unsigned selector = byte & 7u;
+    if (selector < 3)
+        return KS_OP_ALLOCATE;
+    if (selector < 5)
+        return KS_OP_FREE;
+    if (selector == 5)
+        return KS_OP_TOUCH;
+    return (ks_op_kind)(KS_OP_DMA_CAPTURE + ks_reader_below(reader, KS_OP_DMA_LAST - KS_OP_DMA_FIRST + 1));
+}
+
 bool ks_decode_op(ks_byte_reader *reader, const ks_live_view *view, ks_op *op)
 {
     if (ks_reader_done(reader) || view->pin_count == 0)
@@ -149,14 +184,16 @@ bool ks_decode_op(ks_byte_reader *reader, const ks_live_view *view, ks_op *op)
     uint8_t byte = ks_reader_u8(reader);
     unsigned pin_count = view->pin_count < KS_MAX_PINS ? view->pin_count : KS_MAX_PINS;
     memset(op, 0, sizeof *op);
-    op->kind = (uint8_t)kind_of_byte(byte);
+    op->kind = (uint8_t)(view->dma ? dma_kind_of_byte(reader, byte) : kind_of_byte(byte));
     op->pin = (uint8_t)((unsigned)(byte >> 3) % pin_count);
     uint32_t live = view->live[op->pin];
+    if (op->kind == KS_OP_DMA_LOOPBACK && live < 2)
+        op->kind = KS_OP_DMA_CAPTURE; /* a copy needs a second frame */
     if (op->kind != KS_OP_ALLOCATE) {
         if (live == 0)
             op->kind = KS_OP_ALLOCATE;
         else
-            op->arg = ks_reader_below(reader, live);
+            op->arg = ks_reader_below(reader, op->kind == KS_OP_DMA_LOOPBACK ? live - 1 : live);
     }
     return true;
 }

@@ -14,14 +14,30 @@
  * ks_verifier_dispatch, and TOUCH goes to ks_verifier_touch, which checks and rewrites the
  * frame's pattern; bare, TOUCH writes the first byte of every 4 KiB page and the last byte, so a
  * frame shorter than FrameSize or on unmapped memory faults as it would in a driver.
+ * DMA. When the config names device options, or a pin's entry has KS_CAP_DMA, the engine creates
+ * one emulated device (harness/dma/) before the pins and hands its adapter to every pin. A DMA
+ * op on a frame of a KS_CAP_DMA allocator goes through ks_dma_frame_transfer, which finds the
+ * frame's segments in the adapter's frame registry and syncs as a correct driver does; on any
+ * other frame the engine maps the frame for the op (ks_dma_map_single, checked with
+ * ks_dma_mapping_error), runs the device, and unmaps it before the CPU checks, so no mapping
+ * outlives the op and FREE never meets a mapped frame. After every step the engine compares the
+ * checker's report count with the last it saw: a new report fails the step naming it, so an
+ * allocator that frees a common buffer badly is caught at the op that did it. A device fault
+ * that the device injected on purpose (fault_ppm) is counted, not failed: the op stream stays
+ * valid and a fault-injection run measures how the rest copes. The device is stopped and
+ * destroyed after the pins are deleted; its teardown leak checks become the close's error.
+ * Under a verifier a DMA op snapshots the frame and writes it back afterwards, since the device
+ * legitimately overwrites the verifier's pattern.
  * Memory: one pointer per live frame (the deque at most doubles), plus a fixed engine struct.
  * Thread safety: one engine belongs to one thread.
  */
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "dma/dma.h"
 #include "heap.h"
 #include "trace.h"
 #include "verifier.h"
@@ -29,6 +45,8 @@
 
 #define DEQUE_INITIAL_SLOTS 16u
 #define TOUCH_STRIDE_BYTES 4096u
+/* Pattern seeds of DMA ops: the op index spread by the golden ratio, so every op sends new data. */
+#define DMA_SEED_STEP 0x9E3779B97F4A7C15ull
 
 _Static_assert((DEQUE_INITIAL_SLOTS & (DEQUE_INITIAL_SLOTS - 1)) == 0, "ring capacity is a power of two");
 _Static_assert(KS_MAX_PINS <= 256, "ks_op.pin is a uint8_t");
@@ -60,6 +78,8 @@ struct ks_engine {
     unsigned heap_count;
     ks_heap *heaps[KS_MAX_HEAPS];
     uint64_t live_total; /* over all pins, for peak_live */
+    ks_dma_device *dma_device; /* NULL without DMA */
+    uint64_t dma_reports_seen; /* the checker's report count after the last step */
     ks_live_view view;   /* kept current by every step */
     ks_run_stats stats;
     engine_pin pins[KS_MAX_PINS]; /* never moves: allocators may keep &pins[i].pin */
@@ -71,6 +91,9 @@ static const char *op_kind_name(unsigned kind)
     case KS_OP_ALLOCATE: return "ALLOCATE";
     case KS_OP_FREE: return "FREE";
     case KS_OP_TOUCH: return "TOUCH";
+    case KS_OP_DMA_CAPTURE: return "DMA_CAPTURE";
+    case KS_OP_DMA_RENDER: return "DMA_RENDER";
+    case KS_OP_DMA_LOOPBACK: return "DMA_LOOPBACK";
     default: return "unknown";
     }
 }
@@ -227,7 +250,7 @@ static NTSTATUS open_pin(ks_engine *engine, unsigned index, const ks_pin_config 
     state->pin.name = state->name;
     state->pin.framing = config->framing;
     state->pin.heap = config->heap_index >= 0 ? engine->heaps[config->heap_index] : NULL;
-    state->pin.dma_adapter = NULL;
+    state->pin.dma_adapter = engine->dma_device ? ks_dma_device_adapter(engine->dma_device) : NULL;
     state->pin.host_private = engine;
     state->framing = config->framing;
     void *initial_context = &state->pin;
@@ -243,6 +266,56 @@ static NTSTATUS open_pin(ks_engine *engine, unsigned index, const ks_pin_config 
     state->initialized = true; /* state->framing now holds what the allocator settled on */
     engine->view.frames[index] = state->framing.Frames;
     return STATUS_SUCCESS;
+}
+
+/* ---- DMA device ------------------------------------------------------------------------------ */
+
+static bool config_wants_dma(const ks_workload_config *config)
+{
+    if (config->dma_options[0] != '\0')
+        return true;
+    for (unsigned i = 0; i < config->pin_count; i++)
+        if ((config->pins[i].entry->caps & KS_CAP_DMA) != 0)
+            return true;
+    return false;
+}
+
+static NTSTATUS create_dma_device(ks_engine *engine, const ks_workload_config *config, ks_error *err)
+{
+    if (!config_wants_dma(config))
+        return STATUS_SUCCESS;
+    if (memchr(config->dma_options, '\0', sizeof config->dma_options) == NULL)
+        return ks_error_set(err, STATUS_INVALID_PARAMETER, "engine: dma options are not NUL-terminated");
+    ks_dma_options options;
+    ks_dma_options_init(&options);
+    ks_error cause;
+    ks_error_clear(&cause);
+    NTSTATUS status = ks_dma_options_parse(&options, config->dma_options, &cause);
+    if (NT_SUCCESS(status))
+        status = ks_dma_device_create(&options, &engine->dma_device, &cause);
+    if (!NT_SUCCESS(status))
+        return ks_error_set(err, status, "engine: dma device '%s': %s", config->dma_options, cause.message);
+    engine->view.dma = true;
+    return STATUS_SUCCESS;
+}
+
+/* STATUS_DATA_ERROR naming the first report the checker made since the last call, if any. */
+static NTSTATUS dma_new_report(ks_engine *engine, const char *where, ks_error *err)
+{
+    if (engine->dma_device == NULL)
+        return STATUS_SUCCESS;
+    ks_dma_adapter *adapter = ks_dma_device_adapter(engine->dma_device);
+    uint64_t count = ks_dma_report_count(adapter);
+    uint64_t seen = engine->dma_reports_seen;
+    engine->dma_reports_seen = count;
+    if (count <= seen)
+        return STATUS_SUCCESS;
+    ks_dma_report report;
+    bool kept = ks_dma_report_at(adapter, (size_t)seen, &report);
+    return ks_error_set(err, STATUS_DATA_ERROR, "%s: %" PRIu64 " DMA-debug report%s; first: %s: %s", where,
+                        count - seen, count - seen == 1 ? "" : "s",
+                        kept ? ks_dma_rule_name(report.rule) : "?",
+                        kept ? report.message : "(not kept: over max_reports_kept)");
 }
 
 /* Frees what is live (newest first) unless keep_live, deletes every instance, then destroys the
@@ -267,6 +340,13 @@ static NTSTATUS teardown(ks_engine *engine, bool keep_live, ks_error *err)
         if (NT_SUCCESS(first) && !NT_SUCCESS(status))
             first = status;
     }
+    if (engine->dma_device != NULL) {
+        ks_dma_device_stop(engine->dma_device); /* runs the leak checks */
+        NTSTATUS status = dma_new_report(engine, "teardown", NT_SUCCESS(first) ? err : NULL);
+        if (NT_SUCCESS(first))
+            first = status;
+        ks_dma_device_destroy(engine->dma_device);
+    }
     free(engine);
     return first;
 }
@@ -286,7 +366,9 @@ NTSTATUS ks_engine_open(const ks_workload_config *config, const ks_engine_option
     if (options != NULL)
         engine->options = *options;
     engine->view.pin_count = config->pin_count;
-    status = create_heaps(engine, config, err);
+    status = create_dma_device(engine, config, err);
+    if (NT_SUCCESS(status))
+        status = create_heaps(engine, config, err);
     for (unsigned i = 0; NT_SUCCESS(status) && i < config->pin_count; i++) {
         engine->pin_count = i + 1;
         status = open_pin(engine, i, &config->pins[i], err);
@@ -306,14 +388,24 @@ static NTSTATUS validate_op(const ks_engine *engine, const ks_op *op, ks_error *
     if (op->pin >= engine->pin_count)
         return ks_error_set(err, STATUS_INVALID_PARAMETER, "op %s on pin %u: no such pin, the workload has %u",
                             op_kind_name(op->kind), op->pin, engine->pin_count);
-    if (op->kind != KS_OP_ALLOCATE && op->kind != KS_OP_FREE && op->kind != KS_OP_TOUCH)
+    bool dma_op = op->kind >= KS_OP_DMA_FIRST && op->kind <= KS_OP_DMA_LAST;
+    if (op->kind != KS_OP_ALLOCATE && op->kind != KS_OP_FREE && op->kind != KS_OP_TOUCH && !dma_op)
         return ks_error_set(err, STATUS_INVALID_PARAMETER,
-                            "op kind %u on pin %u: unknown kind, expected ALLOCATE, FREE or TOUCH", op->kind, op->pin);
+                            "op kind %u on pin %u: unknown kind, expected ALLOCATE, FREE, TOUCH or a DMA op",
+                            op->kind, op->pin);
+    if (dma_op && engine->dma_device == NULL)
+        return ks_error_set(err, STATUS_INVALID_PARAMETER,
+                            "op %s on pin %u: the workload has no DMA device (set dma options)",
+                            op_kind_name(op->kind), op->pin);
     uint32_t live = engine->pins[op->pin].live.count;
     if (op->kind != KS_OP_ALLOCATE && op->arg >= live)
         return ks_error_set(err, STATUS_INVALID_PARAMETER, "op %s on pin %u: k=%u but %u frame%s live",
                             op_kind_name(op->kind), op->pin, (unsigned)op->arg, (unsigned)live,
                             live == 1 ? " is" : "s are");
+    if (op->kind == KS_OP_DMA_LOOPBACK && op->arg + 1 >= live)
+        return ks_error_set(err, STATUS_INVALID_PARAMETER,
+                            "op DMA_LOOPBACK on pin %u: k=%u must be older than the newest of %u live frames",
+                            op->pin, (unsigned)op->arg, (unsigned)live);
     return STATUS_SUCCESS;
 }
 
@@ -351,6 +443,281 @@ static NTSTATUS step_allocate(ks_engine *engine, engine_pin *state, unsigned pin
     return STATUS_SUCCESS;
 }
 
+/* ---- DMA ops -------------------------------------------------------------------------------- */
+
+/* One DMA op in progress: where it acts and what came of it. */
+typedef struct dma_job {
+    ks_engine *engine;
+    const ks_op *op;
+    engine_pin *state;
+    void *frame;
+    void *second;        /* loopback: the newest live frame, the copy's destination */
+    size_t frame_bytes;  /* what the op moves */
+    uint64_t seed;
+    ks_dma_addr bus;     /* the frame's device address, KS_DMA_ADDR_ERROR until known */
+    uint64_t bytes_done;
+    bool injected_fault; /* the device stopped on a fault it injected on purpose */
+} dma_job;
+
+static ks_dma_adapter *job_adapter(const dma_job *job)
+{
+    return ks_dma_device_adapter(job->engine->dma_device);
+}
+
+static bool pin_is_dma(const engine_pin *state)
+{
+    return (state->entry->caps & KS_CAP_DMA) != 0;
+}
+
+/* The frame size and first bus address of a frame in the adapter's registry. */
+static NTSTATUS registered_frame(dma_job *job, const void *frame, size_t *bytes, ks_error *err)
+{
+    ks_dma_frame_info info;
+    ks_dma_segment first;
+    NTSTATUS status = ks_dma_frame_lookup(job_adapter(job), frame, &info, &first, 1, err);
+    if (!NT_SUCCESS(status))
+        return status;
+    *bytes = info.bytes;
+    if (frame == job->frame)
+        job->bus = info.bus_addr;
+    return STATUS_SUCCESS;
+}
+
+/* A device result other than OK: an injected fault is noted, anything else fails the op. */
+static NTSTATUS device_outcome(dma_job *job, const ks_dma_completion *completion, ks_error *err)
+{
+    job->bytes_done += completion->bytes_done;
+    if (completion->result == KS_DMA_RESULT_OK)
+        return STATUS_SUCCESS;
+    if (completion->injected) {
+        job->injected_fault = true;
+        return STATUS_SUCCESS;
+    }
+    return ks_error_set(err, STATUS_UNSUCCESSFUL, "device %s at bus 0x%" PRIx64 " after %" PRIu64 " bytes",
+                        ks_dma_result_name(completion->result), completion->fault_bus_addr, completion->bytes_done);
+}
+
+static NTSTATUS check_received(const void *frame, size_t bytes, uint64_t seed, const char *who, ks_error *err)
+{
+    size_t bad = ks_dma_pattern_check(frame, bytes, seed, 0);
+    if (bad == SIZE_MAX)
+        return STATUS_SUCCESS;
+    return ks_error_set(err, STATUS_DATA_ERROR, "byte %zu of %zu is not what the %s sent", bad, bytes, who);
+}
+
+/* Maps frame for one op; a failed map leaves err filled and returns KS_DMA_ADDR_ERROR. */
+static ks_dma_addr map_for_op(dma_job *job, void *frame, ks_dma_direction direction, ks_error *err)
+{
+    ks_dma_addr bus = ks_dma_map_single(job_adapter(job), frame, job->frame_bytes, direction, err);
+    if (ks_dma_mapping_error(job_adapter(job), bus))
+        return KS_DMA_ADDR_ERROR;
+    if (frame == job->frame)
+        job->bus = bus;
+    return bus;
+}
+
+/* Cuts [bus, bus + bytes) as a driver programs the device: at the boundary and the maximum
+ * segment length on a scatter/gather device, one segment otherwise. Returns the count. */
+static uint32_t cut_range(const ks_dma_device_description *device, ks_dma_addr bus, uint64_t bytes,
+                          ks_dma_segment *segments, uint32_t max_segments)
+{
+    uint32_t count = 0;
+    while (bytes > 0 && count < max_segments) {
+        uint64_t piece = bytes;
+        if (device->scatter_gather && device->max_segment_bytes != 0 && piece > device->max_segment_bytes)
+            piece = device->max_segment_bytes;
+        if (device->scatter_gather && device->boundary_bytes != 0) {
+            uint64_t to_boundary = device->boundary_bytes - (bus & (device->boundary_bytes - 1));
+            piece = piece < to_boundary ? piece : to_boundary;
+        }
+        segments[count++] = (ks_dma_segment){.bus_addr = bus, .bytes = piece};
+        bus += piece;
+        bytes -= piece;
+    }
+    return count;
+}
+
+static uint32_t cut_bound(const ks_dma_device_description *device, uint64_t bytes)
+{
+    uint64_t limit = 0;
+    if (device->scatter_gather) {
+        limit = device->max_segment_bytes;
+        if (device->boundary_bytes != 0 && (limit == 0 || device->boundary_bytes < limit))
+            limit = device->boundary_bytes;
+    }
+    uint64_t bound = limit == 0 ? 1 : bytes / limit + 2;
+    return bound > UINT32_MAX ? UINT32_MAX : (uint32_t)bound;
+}
+
+/* The device copies src into dst, both mapped, in one descriptor. */
+static NTSTATUS device_copy(dma_job *job, ks_dma_addr src, ks_dma_addr dst, ks_error *err)
+{
+    const ks_dma_device_description *device = ks_dma_adapter_description(job_adapter(job));
+    uint32_t bound = cut_bound(device, job->frame_bytes);
+    ks_dma_segment *segments = malloc(2 * (size_t)bound * sizeof *segments);
+    if (segments == NULL)
+        return ks_error_set(err, STATUS_INSUFFICIENT_RESOURCES, "no memory for %u segments", bound);
+    ks_dma_descriptor descriptor = {.op = KS_DMA_OP_COPY, .src = segments, .dst = segments + bound};
+    descriptor.src_count = cut_range(device, src, job->frame_bytes, segments, bound);
+    descriptor.dst_count = cut_range(device, dst, job->frame_bytes, segments + bound, bound);
+    ks_dma_completion completion;
+    NTSTATUS status = ks_dma_device_run(job->engine->dma_device, &descriptor, &completion, 0, err);
+    free(segments);
+    return NT_SUCCESS(status) ? device_outcome(job, &completion, err) : status;
+}
+
+/* The op on memory the allocator did not map for DMA: map, run, unmap, check. */
+static NTSTATUS mapped_capture(dma_job *job, ks_error *err)
+{
+    ks_dma_addr bus = map_for_op(job, job->frame, KS_DMA_FROM_DEVICE, err);
+    if (bus == KS_DMA_ADDR_ERROR)
+        return STATUS_INSUFFICIENT_RESOURCES;
+    ks_dma_completion completion;
+    NTSTATUS status =
+        ks_dma_device_write_pattern(job->engine->dma_device, bus, job->frame_bytes, job->seed, &completion, err);
+    ks_dma_unmap_single(job_adapter(job), bus, job->frame_bytes, KS_DMA_FROM_DEVICE); /* the sync for CPU */
+    if (NT_SUCCESS(status))
+        status = device_outcome(job, &completion, err);
+    if (NT_SUCCESS(status) && !job->injected_fault)
+        status = check_received(job->frame, job->frame_bytes, job->seed, "device", err);
+    return status;
+}
+
+static NTSTATUS mapped_render(dma_job *job, ks_error *err)
+{
+    ks_dma_pattern_fill(job->frame, job->frame_bytes, job->seed, 0);
+    uint64_t expected = ks_dma_checksum(job->frame, job->frame_bytes);
+    ks_dma_addr bus = map_for_op(job, job->frame, KS_DMA_TO_DEVICE, err); /* the sync for device */
+    if (bus == KS_DMA_ADDR_ERROR)
+        return STATUS_INSUFFICIENT_RESOURCES;
+    ks_dma_completion completion;
+    NTSTATUS status = ks_dma_device_read_checksum(job->engine->dma_device, bus, job->frame_bytes, &completion, err);
+    ks_dma_unmap_single(job_adapter(job), bus, job->frame_bytes, KS_DMA_TO_DEVICE);
+    if (NT_SUCCESS(status))
+        status = device_outcome(job, &completion, err);
+    if (NT_SUCCESS(status) && !job->injected_fault && completion.checksum != expected)
+        status = ks_error_set(err, STATUS_DATA_ERROR, "device checksum 0x%016" PRIx64 " differs from the CPU's 0x%016" PRIx64,
+                              completion.checksum, expected);
+    return status;
+}
+
+static NTSTATUS mapped_loopback(dma_job *job, ks_error *err)
+{
+    ks_dma_pattern_fill(job->frame, job->frame_bytes, job->seed, 0);
+    ks_dma_addr src = map_for_op(job, job->frame, KS_DMA_TO_DEVICE, err);
+    if (src == KS_DMA_ADDR_ERROR)
+        return STATUS_INSUFFICIENT_RESOURCES;
+    ks_dma_addr dst = map_for_op(job, job->second, KS_DMA_FROM_DEVICE, err);
+    NTSTATUS status = dst == KS_DMA_ADDR_ERROR ? STATUS_INSUFFICIENT_RESOURCES : device_copy(job, src, dst, err);
+    if (dst != KS_DMA_ADDR_ERROR)
+        ks_dma_unmap_single(job_adapter(job), dst, job->frame_bytes, KS_DMA_FROM_DEVICE);
+    ks_dma_unmap_single(job_adapter(job), src, job->frame_bytes, KS_DMA_TO_DEVICE);
+    if (NT_SUCCESS(status) && !job->injected_fault)
+        status = check_received(job->second, job->frame_bytes, job->seed, "device's copy", err);
+    return status;
+}
+
+static ks_dma_transfer transfer_of(uint8_t kind)
+{
+    return kind == KS_OP_DMA_CAPTURE  ? KS_DMA_TRANSFER_CAPTURE
+           : kind == KS_OP_DMA_RENDER ? KS_DMA_TRANSFER_RENDER
+                                      : KS_DMA_TRANSFER_LOOPBACK;
+}
+
+/* The op on a DMA allocator's frame, where its allocator mapped it. */
+static NTSTATUS registered_transfer(dma_job *job, ks_error *err)
+{
+    if (job->second != NULL) {
+        size_t second_bytes = 0;
+        NTSTATUS status = registered_frame(job, job->second, &second_bytes, err);
+        if (NT_SUCCESS(status) && second_bytes != job->frame_bytes)
+            status = ks_error_set(err, STATUS_INVALID_PARAMETER, "loopback frames differ in size (%zu, %zu)",
+                                  job->frame_bytes, second_bytes);
+        if (!NT_SUCCESS(status))
+            return status;
+    }
+    ks_dma_transfer_result result;
+    NTSTATUS status = ks_dma_frame_transfer(job->engine->dma_device, transfer_of(job->op->kind), job->frame,
+                                            job->second, job->seed, job->engine->options.dma_transfer_flags,
+                                            &result, err);
+    job->bytes_done += result.bytes_done;
+    if (status == STATUS_UNSUCCESSFUL && result.injected) {
+        job->injected_fault = true;
+        return STATUS_SUCCESS;
+    }
+    return status;
+}
+
+/* Saves the frames the device may overwrite, for the verifier's pattern (NULL: nothing saved). */
+static uint8_t *snapshot_take(const dma_job *job)
+{
+    if (job->engine->options.verifier == NULL)
+        return NULL;
+    uint8_t *saved = malloc(2 * job->frame_bytes);
+    if (saved == NULL)
+        return NULL;
+    memcpy(saved, job->frame, job->frame_bytes);
+    if (job->second != NULL)
+        memcpy(saved + job->frame_bytes, job->second, job->frame_bytes);
+    return saved;
+}
+
+static void snapshot_restore(const dma_job *job, uint8_t *saved)
+{
+    if (saved == NULL)
+        return;
+    memcpy(job->frame, saved, job->frame_bytes);
+    if (job->second != NULL)
+        memcpy(job->second, saved + job->frame_bytes, job->frame_bytes);
+    free(saved);
+}
+
+static NTSTATUS dma_job_run(dma_job *job, ks_error *err)
+{
+    if (job->frame_bytes == 0)
+        return STATUS_SUCCESS; /* nothing to move */
+    uint8_t *saved = snapshot_take(job);
+    if (saved == NULL && job->engine->options.verifier != NULL)
+        return ks_error_set(err, STATUS_INSUFFICIENT_RESOURCES, "no memory to keep the verifier's pattern");
+    NTSTATUS status;
+    if (pin_is_dma(job->state))
+        status = registered_transfer(job, err);
+    else if (job->op->kind == KS_OP_DMA_CAPTURE)
+        status = mapped_capture(job, err);
+    else if (job->op->kind == KS_OP_DMA_RENDER)
+        status = mapped_render(job, err);
+    else
+        status = mapped_loopback(job, err);
+    snapshot_restore(job, saved);
+    return status;
+}
+
+static NTSTATUS step_dma(ks_engine *engine, engine_pin *state, const ks_op *op, ks_error *err)
+{
+    dma_job job = {.engine = engine, .op = op, .state = state, .bus = KS_DMA_ADDR_ERROR,
+                   .seed = (engine->stats.ops + 1) * DMA_SEED_STEP};
+    job.frame = *deque_slot(&state->live, op->arg);
+    if (op->kind == KS_OP_DMA_LOOPBACK)
+        job.second = *deque_slot(&state->live, state->live.count - 1);
+    ks_error cause;
+    ks_error_clear(&cause);
+    NTSTATUS status = STATUS_SUCCESS;
+    if (pin_is_dma(state))
+        status = registered_frame(&job, job.frame, &job.frame_bytes, &cause);
+    else
+        job.frame_bytes = state->framing.FrameSize;
+    if (NT_SUCCESS(status))
+        status = dma_job_run(&job, &cause);
+    engine->stats.dma_ops++;
+    engine->stats.dma_bytes += job.bytes_done;
+    engine->stats.dma_injected_faults += job.injected_fault ? 1 : 0;
+    if (NT_SUCCESS(status))
+        return STATUS_SUCCESS;
+    return ks_error_set(err, status, "op %s on pin %u k=%u (frame %p, bus 0x%" PRIx64 ", %zu bytes): %s",
+                        op_kind_name(op->kind), op->pin, (unsigned)op->arg, job.frame, job.bus, job.frame_bytes,
+                        cause.message);
+}
+
 NTSTATUS ks_engine_step(ks_engine *engine, const ks_op *op, bool *allocated, ks_error *err)
 {
     if (engine == NULL || op == NULL)
@@ -369,6 +736,8 @@ NTSTATUS ks_engine_step(ks_engine *engine, const ks_op *op, bool *allocated, ks_
         state->dispatch->Free(state->context, frame);
         engine->live_total--;
         engine->stats.frees++;
+    } else if (op->kind >= KS_OP_DMA_FIRST) {
+        status = step_dma(engine, state, op, err);
     } else {
         void *frame = *deque_slot(&state->live, op->arg);
         if (engine->options.verifier != NULL)
@@ -379,12 +748,18 @@ NTSTATUS ks_engine_step(ks_engine *engine, const ks_op *op, bool *allocated, ks_
     }
     engine->view.live[op->pin] = state->live.count;
     engine->stats.ops++;
+    NTSTATUS report_status = dma_new_report(engine, op_kind_name(op->kind), NT_SUCCESS(status) ? err : NULL);
+    if (NT_SUCCESS(status))
+        status = report_status;
     if (allocated != NULL)
         *allocated = got_frame;
-    if (engine->options.trace != NULL && !NT_SUCCESS(status = ks_trace_writer_op(engine->options.trace, op, got_frame)))
-        return ks_error_set(err, status, "op %s on pin %u was executed but the trace writer failed with %s",
-                            op_kind_name(op->kind), op->pin, ks_status_name(status));
-    return STATUS_SUCCESS;
+    /* A failed DMA op ran all the same: the trace records it, so a replay fails at it too. */
+    NTSTATUS trace_status = STATUS_SUCCESS;
+    if (engine->options.trace != NULL &&
+        !NT_SUCCESS(trace_status = ks_trace_writer_op(engine->options.trace, op, got_frame)) && NT_SUCCESS(status))
+        return ks_error_set(err, trace_status, "op %s on pin %u was executed but the trace writer failed with %s",
+                            op_kind_name(op->kind), op->pin, ks_status_name(trace_status));
+    return status;
 }
 
 /* ---- accessors ------------------------------------------------------------------------------ */
@@ -406,6 +781,11 @@ const KSALLOCATOR_FRAMING *ks_engine_framing(const ks_engine *engine, unsigned p
     if (engine == NULL || pin >= engine->pin_count)
         return NULL;
     return &engine->pins[pin].framing;
+}
+
+struct ks_dma_device *ks_engine_dma_device(const ks_engine *engine)
+{
+    return engine != NULL ? engine->dma_device : NULL;
 }
 
 const ks_run_stats *ks_engine_stats(const ks_engine *engine)

@@ -19,6 +19,10 @@
  *   burst       allocates until the target or a NULL, then frees everything in random order.
  *   fragmenting a random pin per op; each pin's target rises and falls in a triangle wave of its
  *               own period (so the pins' live sets interleave on the shared heap), random frees.
+ *   capture, render, loopback   streaming over DMA frames, per pin: ALLOCATE, then the device op
+ *               on the frame just allocated (loopback: copy the previous frame into it), and
+ *               once the target is reached FREE of the oldest before each ALLOCATE; they need
+ *               the workload's DMA device, so ks_profile_config asks for one.
  * Rules shared by all: after an Allocate on a pin returned NULL the generator frees (random and
  * fragmenting also touch) on that pin instead of allocating again, until the pin is empty, since
  * the view's flag clears only when an Allocate is served; and it never emits FREE or TOUCH on a
@@ -31,6 +35,7 @@
  * 4 MiB.
  * Cost: O(1) per op, no allocation. Thread safety: a generator belongs to one thread.
  */
+#include <stdio.h>
 #include <string.h>
 
 #include "workload.h"
@@ -52,16 +57,22 @@
 
 _Static_assert(GENERATOR_MAX_TARGET <= GENERATOR_DEFAULT_CAPACITY, "the cap applies to the default capacity too");
 _Static_assert(FRAGMENTING_PIN_COUNT <= KS_MAX_PINS, "fragmenting pins must fit a workload config");
-_Static_assert(KS_PROFILE_COUNT == 5, "profile_names lists every profile");
+_Static_assert(KS_PROFILE_COUNT == 8, "profile_names lists every profile");
 
 static const char *const profile_names[KS_PROFILE_COUNT] = {
     [KS_PROFILE_LIFO] = "lifo",     [KS_PROFILE_FIFO] = "fifo",
     [KS_PROFILE_RANDOM] = "random", [KS_PROFILE_BURST] = "burst",
-    [KS_PROFILE_FRAGMENTING] = "fragmenting",
+    [KS_PROFILE_FRAGMENTING] = "fragmenting", [KS_PROFILE_CAPTURE] = "capture",
+    [KS_PROFILE_RENDER] = "render",           [KS_PROFILE_LOOPBACK] = "loopback",
 };
 
 /* Per-pin phase values. */
-enum { PHASE_FILL = 0, PHASE_DRAIN = 1 };
+enum { PHASE_FILL = 0, PHASE_DRAIN = 1, PHASE_DEVICE = 2 };
+
+bool ks_profile_uses_dma(ks_profile profile)
+{
+    return profile == KS_PROFILE_CAPTURE || profile == KS_PROFILE_RENDER || profile == KS_PROFILE_LOOPBACK;
+}
 
 const char *ks_profile_name(ks_profile profile)
 {
@@ -236,6 +247,25 @@ static void next_fragmenting(ks_generator *gen, const ks_live_view *view, unsign
     emit(op, kind, pin, random_below(gen, live));
 }
 
+/* Allocate, device op on the new frame, and free the oldest once the window is full. */
+static void next_dma_stream(ks_generator *gen, const ks_live_view *view, unsigned pin, ks_op_kind kind, ks_op *op)
+{
+    uint32_t live = view->live[pin];
+    uint32_t frames_needed = kind == KS_OP_DMA_LOOPBACK ? 2 : 1;
+    if (gen->phase[pin] == PHASE_DEVICE && live >= frames_needed) {
+        gen->phase[pin] = PHASE_FILL;
+        emit(op, kind, pin, live - frames_needed); /* loopback copies the previous frame into the newest */
+        return;
+    }
+    gen->phase[pin] = PHASE_FILL;
+    if (live > 0 && (live >= gen->target_live[pin] || view->last_allocate_failed[pin])) {
+        emit(op, KS_OP_FREE, pin, 0);
+        return;
+    }
+    emit(op, KS_OP_ALLOCATE, pin, 0);
+    gen->phase[pin] = PHASE_DEVICE;
+}
+
 void ks_generator_next(ks_generator *gen, const ks_live_view *view, ks_op *op)
 {
     unsigned pin_count = view->pin_count < gen->pin_count ? view->pin_count : gen->pin_count;
@@ -245,6 +275,9 @@ void ks_generator_next(ks_generator *gen, const ks_live_view *view, ks_op *op)
     case KS_PROFILE_FIFO: next_fifo(gen, view, pin, op); break;
     case KS_PROFILE_BURST: next_burst(gen, view, pin, op); break;
     case KS_PROFILE_FRAGMENTING: next_fragmenting(gen, view, pin, op); break;
+    case KS_PROFILE_CAPTURE: next_dma_stream(gen, view, pin, KS_OP_DMA_CAPTURE, op); break;
+    case KS_PROFILE_RENDER: next_dma_stream(gen, view, pin, KS_OP_DMA_RENDER, op); break;
+    case KS_PROFILE_LOOPBACK: next_dma_stream(gen, view, pin, KS_OP_DMA_LOOPBACK, op); break;
     case KS_PROFILE_RANDOM:
     case KS_PROFILE_COUNT:
     default: next_random(gen, view, pin, op); break;
@@ -347,6 +380,8 @@ NTSTATUS ks_profile_config(ks_profile profile, const ks_allocator_entry *entry, 
     strcpy(config->pins[0].allocator, name);
     config->pins[0].framing = *base_framing;
     config->pins[0].heap_index = -1;
+    if (ks_profile_uses_dma(profile))
+        snprintf(config->dma_options, sizeof config->dma_options, "%s", KS_PROFILE_DEFAULT_DMA_OPTIONS);
     if (profile == KS_PROFILE_FRAGMENTING)
         return profile_config_fragmenting(entry, config, err);
     return STATUS_SUCCESS;

@@ -12,6 +12,9 @@
  * reads outside it, whatever the bytes (NUL bytes, no final newline, absurd lengths), because a
  * trace is untrusted input and the parser is fuzzed. Nothing is skipped silently: every
  * rejection says "<source>:<line>: <what was wrong>, expected <what>".
+ * DMA (still format v1: a file without DMA lines reads as before): an optional `dma <options>`
+ * line right after the profile line carries the device options, and the ops C, R, L (capture,
+ * render, loopback) carry a pin and a live index k like F and T.
  * Memory: the parsed ops (8 bytes each plus one outcome byte), grown by doubling.
  * Thread safety: a writer, and a parse, belong to one thread.
  */
@@ -100,6 +103,11 @@ static NTSTATUS writer_check(const ks_workload_config *config, const char *profi
     if (config->heap_count > KS_MAX_HEAPS)
         return ks_error_set(err, STATUS_INVALID_PARAMETER, "trace: %u heaps, expected at most %u", config->heap_count,
                             KS_MAX_HEAPS);
+    if (memchr(config->dma_options, '\0', sizeof config->dma_options) == NULL ||
+        (config->dma_options[0] != '\0' && !token_writable(config->dma_options, sizeof config->dma_options)))
+        return ks_error_set(err, STATUS_INVALID_PARAMETER,
+                            "trace: dma options must be up to %zu characters without spaces or '#'",
+                            sizeof config->dma_options - 1);
     for (unsigned i = 0; i < config->heap_count; i++)
         if (config->heap_bytes[i] == 0 || (uint64_t)config->heap_bytes[i] > TRACE_HEAP_LIMIT_BYTES)
             return ks_error_set(err, STATUS_INVALID_PARAMETER, "trace: heap %u of %zu bytes, expected 1 to 2^40", i,
@@ -118,6 +126,8 @@ static void writer_header(ks_trace_writer *writer, const ks_workload_config *con
     FILE *out = writer->stream;
     fprintf(out, "%s %u\n", KS_TRACE_MAGIC, KS_TRACE_VERSION);
     fprintf(out, "profile %s seed %llu\n", profile, (unsigned long long)seed);
+    if (config->dma_options[0] != '\0')
+        fprintf(out, "dma %s\n", config->dma_options);
     for (unsigned i = 0; i < config->heap_count; i++)
         fprintf(out, "heap %u %llu\n", i, (unsigned long long)config->heap_bytes[i]);
     for (unsigned i = 0; i < config->pin_count; i++) {
@@ -188,7 +198,10 @@ NTSTATUS ks_trace_writer_op(ks_trace_writer *writer, const ks_op *op, bool alloc
     case KS_OP_ALLOCATE: written = fprintf(writer->stream, "A %u %s\n", op->pin, allocated ? "ok" : "null"); break;
     case KS_OP_FREE: written = fprintf(writer->stream, "F %u %u\n", op->pin, (unsigned)op->arg); break;
     case KS_OP_TOUCH: written = fprintf(writer->stream, "T %u %u\n", op->pin, (unsigned)op->arg); break;
-    default: return STATUS_NOT_SUPPORTED; /* DMA ops are not in format v1 */
+    case KS_OP_DMA_CAPTURE: written = fprintf(writer->stream, "C %u %u\n", op->pin, (unsigned)op->arg); break;
+    case KS_OP_DMA_RENDER: written = fprintf(writer->stream, "R %u %u\n", op->pin, (unsigned)op->arg); break;
+    case KS_OP_DMA_LOOPBACK: written = fprintf(writer->stream, "L %u %u\n", op->pin, (unsigned)op->arg); break;
+    default: return STATUS_NOT_SUPPORTED;
     }
     if (written < 0) {
         if (writer->write_errno == 0)
@@ -242,6 +255,7 @@ typedef struct trace_parser {
     token tokens[TRACE_MAX_TOKENS];
     size_t token_count;
     bool too_many_tokens;
+    bool dma_seen; /* the dma line was read */
     char quoted[TRACE_QUOTE_BYTES + 4];
 } trace_parser;
 
@@ -460,6 +474,25 @@ static NTSTATUS read_next_index(trace_parser *parser, token tok, const char *wha
     return STATUS_SUCCESS;
 }
 
+static NTSTATUS parse_dma(trace_parser *parser)
+{
+    ks_workload_config *config = &parser->trace->config;
+    if (parser->state != IN_HEAPS || config->heap_count > 0 || parser->dma_seen)
+        return parse_error(parser, STATUS_DATA_ERROR, "%s dma line, expected it once, right after the profile line",
+                           parser->dma_seen ? "a second" : "a late");
+    NTSTATUS status = expect_fields(parser, 2, "dma <options>");
+    if (!NT_SUCCESS(status))
+        return status;
+    token options = parser->tokens[1];
+    if (options.length >= sizeof config->dma_options)
+        return parse_error(parser, STATUS_DATA_ERROR, "dma options '%s' of %zu bytes, expected at most %zu",
+                           quote(parser, options), options.length, sizeof config->dma_options - 1);
+    memcpy(config->dma_options, options.start, options.length);
+    config->dma_options[options.length] = '\0';
+    parser->dma_seen = true;
+    return STATUS_SUCCESS;
+}
+
 static NTSTATUS parse_heap(trace_parser *parser)
 {
     ks_workload_config *config = &parser->trace->config;
@@ -597,7 +630,7 @@ static NTSTATUS parse_op(trace_parser *parser, ks_op_kind kind)
 {
     NTSTATUS status = need_pins(parser);
     if (NT_SUCCESS(status))
-        status = expect_fields(parser, 3, kind == KS_OP_ALLOCATE ? "A <pin> <ok|null>" : "F|T <pin> <k>");
+        status = expect_fields(parser, 3, kind == KS_OP_ALLOCATE ? "A <pin> <ok|null>" : "F|T|C|R|L <pin> <k>");
     uint64_t pin = 0, k = 0;
     if (NT_SUCCESS(status))
         status = read_number(parser, parser->tokens[1], "pin", false, UINT32_MAX, &pin);
@@ -650,11 +683,19 @@ static NTSTATUS parse_body_line(trace_parser *parser)
         return parse_op(parser, KS_OP_FREE);
     if (token_is(first, "T"))
         return parse_op(parser, KS_OP_TOUCH);
+    if (token_is(first, "C"))
+        return parse_op(parser, KS_OP_DMA_CAPTURE);
+    if (token_is(first, "R"))
+        return parse_op(parser, KS_OP_DMA_RENDER);
+    if (token_is(first, "L"))
+        return parse_op(parser, KS_OP_DMA_LOOPBACK);
+    if (token_is(first, "dma"))
+        return parse_dma(parser);
     if (token_is(first, "end"))
         return parse_end(parser);
-    const char *expected = parser->state == IN_OPS    ? "A, F, T or end"
-                           : parser->state == IN_PINS ? "pin, A, F, T or end"
-                                                      : "heap or pin";
+    const char *expected = parser->state == IN_OPS    ? "A, F, T, C, R, L or end"
+                           : parser->state == IN_PINS ? "pin, A, F, T, C, R, L or end"
+                                                      : "dma, heap or pin";
     return parse_error(parser, STATUS_DATA_ERROR, "unknown %s '%s', expected %s",
                        parser->state == IN_HEAPS ? "line" : "op", quote(parser, first), expected);
 }

@@ -19,6 +19,7 @@
 
 struct ks_verifier;
 struct ks_trace_writer;
+struct ks_dma_device;
 
 #define KS_MAX_PINS 8u
 #define KS_MAX_HEAPS 4u
@@ -29,6 +30,16 @@ typedef enum ks_op_kind {
     KS_OP_FREE = 1,     /* Free the arg-th live frame of pin */
     KS_OP_TOUCH = 2,    /* write the arg-th live frame of pin (verifier: check and refill pattern) */
     KS_OP_DMA_FIRST = 16, /* DMA ops (harness/dma/) take kinds from here on */
+    /* The DMA ops need the workload's device (ks_workload_config.dma_options, or a KS_CAP_DMA
+     * pin). A frame of a KS_CAP_DMA allocator is used where its allocator mapped it (the frame
+     * registry, ks_dma_frame_transfer, with the syncs a correct driver makes); any other frame is
+     * mapped with ks_dma_map_single for the op and unmapped after it, as a driver does with a
+     * buffer it did not allocate for DMA. A frame of FrameSize 0 has nothing to move: no-op. */
+    KS_OP_DMA_CAPTURE = KS_OP_DMA_FIRST, /* device writes a pattern over frame arg; CPU checks */
+    KS_OP_DMA_RENDER = 17,               /* CPU fills frame arg; device reads it and checksums */
+    KS_OP_DMA_LOOPBACK = 18,             /* CPU fills frame arg; device copies it into the newest
+                                            live frame; CPU checks. arg < live - 1 */
+    KS_OP_DMA_LAST = KS_OP_DMA_LOOPBACK,
 } ks_op_kind;
 
 typedef struct ks_op {
@@ -36,7 +47,7 @@ typedef struct ks_op {
     uint8_t pin;    /* < config pin_count */
     uint8_t thread; /* for multi-threaded schedules; 0 in single-threaded runs */
     uint8_t flags;  /* reserved, 0 */
-    uint32_t arg;   /* FREE/TOUCH: live index k */
+    uint32_t arg;   /* FREE/TOUCH/DMA_*: live index k */
 } ks_op;
 _Static_assert(sizeof(ks_op) == 8, "ks_op is packed into traces and fuzz corpora as 8 bytes");
 
@@ -47,7 +58,12 @@ typedef struct ks_pin_config {
     int heap_index; /* index into heap_bytes, or -1 for a private heap */
 } ks_pin_config;
 
+#define KS_DMA_OPTIONS_BYTES 128u
+
 typedef struct ks_workload_config {
+    /* The emulated DMA device (harness/dma/dma.h, ks_dma_options_parse syntax); "" = none, unless
+     * a pin's entry has KS_CAP_DMA, which gets a device with default options. */
+    char dma_options[KS_DMA_OPTIONS_BYTES];
     unsigned pin_count;
     ks_pin_config pins[KS_MAX_PINS];
     unsigned heap_count;
@@ -62,6 +78,9 @@ typedef enum ks_profile {
     KS_PROFILE_RANDOM,      /* allocate or free a random live frame, live set near half capacity */
     KS_PROFILE_BURST,       /* fill to capacity, then drain in random order, repeat */
     KS_PROFILE_FRAGMENTING, /* several pins of mixed frame sizes over one shared heap, random order */
+    KS_PROFILE_CAPTURE,     /* streaming DMA: allocate, the device fills the frame, free the oldest */
+    KS_PROFILE_RENDER,      /* streaming DMA: allocate, the CPU fills, the device reads, free the oldest */
+    KS_PROFILE_LOOPBACK,    /* streaming DMA: allocate, the device copies the previous frame into it */
     KS_PROFILE_COUNT
 } ks_profile;
 
@@ -69,9 +88,14 @@ const char *ks_profile_name(ks_profile profile);
 /* Returns KS_PROFILE_COUNT for an unknown name. */
 ks_profile ks_profile_from_name(const char *name);
 
+/* True for the profiles that emit DMA ops (capture, render, loopback). */
+bool ks_profile_uses_dma(ks_profile profile);
+
 /* Builds the pins a profile uses for one allocator and a base framing: one pin for most
  * profiles; for fragmenting, three pins of mixed frame sizes sharing heap 0 (private heaps when
- * the allocator cannot share one). */
+ * the allocator cannot share one). The DMA profiles ask for a device (dma_options
+ * KS_PROFILE_DEFAULT_DMA_OPTIONS); the caller may overwrite config->dma_options. */
+#define KS_PROFILE_DEFAULT_DMA_OPTIONS "mask=64"
 NTSTATUS ks_profile_config(ks_profile profile, const ks_allocator_entry *entry, const char *allocator_name,
                            const KSALLOCATOR_FRAMING *base_framing, ks_workload_config *config, ks_error *err);
 
@@ -81,6 +105,7 @@ typedef struct ks_live_view {
     uint32_t live[KS_MAX_PINS];
     bool last_allocate_failed[KS_MAX_PINS];
     uint32_t frames[KS_MAX_PINS]; /* the framing's Frames after initialisation (0 = unbounded) */
+    bool dma;                     /* the workload has a DMA device: DMA ops are valid */
 } ks_live_view;
 
 typedef struct ks_generator {
@@ -114,7 +139,10 @@ bool ks_reader_done(const ks_byte_reader *reader);
  * i) from the head of the input. Framings stay within what each entry says it serves. */
 void ks_decode_config(ks_byte_reader *reader, const ks_allocator_entry *const *entries, size_t entry_count,
                       ks_workload_config *config);
-/* Decodes one op valid for view; false once the input is used up. */
+/* Decodes one op valid for view; false once the input is used up. DMA ops only when view->dma;
+ * without a device the byte-to-op mapping is the one it always was, so old corpora decode alike.
+ * ks_decode_config reads one more byte, choosing the device's options, only when some entry has
+ * KS_CAP_DMA, for the same reason. */
 bool ks_decode_op(ks_byte_reader *reader, const ks_live_view *view, ks_op *op);
 
 /* ---- The engine ---------------------------------------------------------------------------- */
@@ -125,6 +153,10 @@ typedef struct ks_engine_options {
     struct ks_verifier *verifier;  /* run every pin through this verifier session, or NULL */
     struct ks_trace_writer *trace; /* record every op, or NULL */
     bool keep_live_at_close;       /* false (default): free every live frame before DeleteAllocator */
+    /* KS_DMA_TRANSFER_* flags for DMA ops on a DMA allocator's frames; KS_DMA_TRANSFER_NO_SYNC
+     * plants a driver that forgets its syncs (stale data on a non-coherent device). Frames the
+     * engine maps itself always sync: their map and unmap do it. 0 = a correct driver. */
+    unsigned dma_transfer_flags;
 } ks_engine_options;
 
 typedef struct ks_run_stats {
@@ -135,15 +167,25 @@ typedef struct ks_run_stats {
     uint64_t touches;
     uint64_t peak_live;
     uint64_t elapsed_ns;
+    uint64_t dma_ops;             /* DMA_* ops executed */
+    uint64_t dma_bytes;           /* bytes the device moved for them */
+    uint64_t dma_injected_faults; /* transfers an injected fault stopped (not a step failure) */
 } ks_run_stats;
 
 /* Creates the heaps, then InitializeAllocator for every pin (through the verifier when given).
  * Each pin's config.pins[i].entry must be set. */
 NTSTATUS ks_engine_open(const ks_workload_config *config, const ks_engine_options *options, ks_engine **engine,
                         ks_error *err);
-/* Executes one op. An op that does not fit the state (pin out of range, k >= live, unknown kind)
- * is STATUS_INVALID_PARAMETER and changes nothing. Verifier faults do not fail the step: read
- * them from the verifier. allocated (may be NULL) says whether an ALLOCATE got a frame. */
+/* Executes one op. An op that does not fit the state (pin out of range, k >= live, unknown kind,
+ * a DMA op without a device) is STATUS_INVALID_PARAMETER and changes nothing. Verifier faults do
+ * not fail the step: read them from the verifier. allocated (may be NULL) says whether an
+ * ALLOCATE got a frame.
+ * DMA: a data mismatch is STATUS_DATA_ERROR, a device fault that was not injected is
+ * STATUS_UNSUCCESSFUL, and a new DMA-debug report during any op (the allocator's own map and
+ * free calls included) is STATUS_DATA_ERROR; err names the op, pin, k, CPU and bus address (or
+ * the report). A fault the device injected by design (fault_ppm) is counted in
+ * dma_injected_faults and is not a failure. Under a verifier the engine restores the frame's
+ * bytes after a DMA op, so the verifier's data check keeps guarding the allocator. */
 NTSTATUS ks_engine_step(ks_engine *engine, const ks_op *op, bool *allocated, ks_error *err);
 void ks_engine_view(const ks_engine *engine, ks_live_view *view);
 /* The k-th live frame of pin, or NULL. */
@@ -151,7 +193,12 @@ void *ks_engine_frame(const ks_engine *engine, unsigned pin, uint32_t k);
 /* The framing pin's allocator settled on. */
 const KSALLOCATOR_FRAMING *ks_engine_framing(const ks_engine *engine, unsigned pin);
 const ks_run_stats *ks_engine_stats(const ks_engine *engine);
-/* Frees what is live (unless keep_live_at_close), deletes every instance, destroys the heaps. */
+/* The workload's DMA device, or NULL (for counters and reports; owned by the engine). */
+struct ks_dma_device *ks_engine_dma_device(const ks_engine *engine);
+/* Frees what is live (unless keep_live_at_close), deletes every instance, destroys the heaps,
+ * then stops and destroys the DMA device. A DMA-debug report made during teardown (a leaked
+ * mapping or common buffer, a bad free) is STATUS_DATA_ERROR naming the first one: everything is
+ * still released. */
 NTSTATUS ks_engine_close(ks_engine *engine, ks_error *err);
 
 /* Runs op_count ops of a profile; stops early only on an engine error, or on the first verifier

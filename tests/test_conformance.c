@@ -23,6 +23,11 @@
  *    exceed the bound;
  *  - the same through ks_verifier_dispatch, with zero faults, and a leak at DeleteAllocator
  *    reported as exactly that.
+ *  - KS_CAP_DMA: every pin gets the adapter of an emulated device (SUBJECT_DMA_OPTIONS), the
+ *    whole battery runs on it, and the device's DMA-debug checker must stay silent through it
+ *    and its teardown; every frame is reachable by the device: its segments (the adapter's frame
+ *    registry) lie within the mask, cross no boundary, respect the maximum segment length,
+ *    alignment and count, and cover the frame, on several strict device descriptions.
  * Allocator-specific behaviour (pool's stride and LIFO order, lookaside's hit/miss accounting,
  * system being glibc's heap, jemalloc's arenas, each self_check catching a broken state) follows
  * in suites named after the allocator.
@@ -43,6 +48,7 @@
 #include <unistd.h>
 
 #include "catalogue.h"
+#include "dma/dma.h"
 #include "heap.h"
 #include "verifier.h"
 
@@ -92,7 +98,44 @@ typedef struct subject {
     const ks_allocator_entry *entry;
     ks_plugin *plugin; /* non-NULL for the example plugin */
     const char *name;
+    ks_dma_device *dma_device; /* for KS_CAP_DMA entries: the device every pin is attached to */
 } subject;
+
+/* The device of a KS_CAP_DMA subject: a 32-bit scatter/gather bus master. */
+#define SUBJECT_DMA_OPTIONS "mask=32,sg=1"
+
+static ks_dma_device *dma_device_open(const char *spec)
+{
+    ks_dma_options options;
+    ks_dma_options_init(&options);
+    ks_error err;
+    ks_error_clear(&err);
+    cr_assert_eq(ks_dma_options_parse(&options, spec, &err), STATUS_SUCCESS, "%s: %s", spec, err.message);
+    ks_dma_device *device = NULL;
+    cr_assert_eq(ks_dma_device_create(&options, &device, &err), STATUS_SUCCESS, "%s: %s", spec, err.message);
+    return device;
+}
+
+/* Stops the device (its leak checks run) and fails the test on any DMA-debug report. */
+static void dma_device_close(ks_dma_device *device, const char *label)
+{
+    if (device == NULL)
+        return;
+    ks_dma_device_stop(device);
+    ks_dma_adapter *adapter = ks_dma_device_adapter(device);
+    uint64_t reports = ks_dma_report_count(adapter);
+    ks_dma_report first;
+    bool kept = reports > 0 && ks_dma_report_at(adapter, 0, &first);
+    char message[640];
+    snprintf(message, sizeof message, "%s: %s", kept ? ks_dma_rule_name(first.rule) : "-", kept ? first.message : "-");
+    ks_dma_device_destroy(device);
+    cr_assert_eq(reports, 0, "%s: %llu DMA-debug report(s); first: %s", label, (unsigned long long)reports, message);
+}
+
+static ks_dma_adapter *subject_adapter(const struct subject *subj)
+{
+    return subj->dma_device ? ks_dma_device_adapter(subj->dma_device) : NULL;
+}
 
 static void free_subject_params(struct criterion_test_params *params)
 {
@@ -130,10 +173,15 @@ static void subject_open(const subject_param *param, subject *subj)
     }
     cr_assert_not_null(subj->entry, "subject %u has no entry", param->index);
     subj->name = subj->entry->name;
+    if ((subj->entry->caps & KS_CAP_DMA) != 0)
+        subj->dma_device = dma_device_open(SUBJECT_DMA_OPTIONS);
 }
 
 static void subject_close(subject *subj)
 {
+    ks_dma_device *device = subj->dma_device;
+    subj->dma_device = NULL;
+    dma_device_close(device, subj->name);
     ks_plugin_unload(subj->plugin);
     subj->plugin = NULL;
 }
@@ -196,6 +244,7 @@ static NTSTATUS instance_open(instance *inst, const subject *subj, const KSALLOC
     inst->pin.name = pin_names[pin_id % (sizeof pin_names / sizeof pin_names[0])];
     inst->pin.framing = *requested;
     inst->pin.heap = heap;
+    inst->pin.dma_adapter = subject_adapter(subj);
     inst->requested = *requested;
     inst->framing = *requested;
     snprintf(inst->label, sizeof inst->label, "%s [%s Frames=%u FrameSize=%u align=%zu%s%s]", subj->name,
@@ -949,6 +998,7 @@ static void verified_open(verified *v, ks_verifier *verifier, const subject *sub
     v->pin.name = pin_names[pin_id % (sizeof pin_names / sizeof pin_names[0])];
     v->pin.framing = framing;
     v->pin.heap = heap;
+    v->pin.dma_adapter = subject_adapter(subj);
     v->vpin = (ks_verifier_pin){.verifier = verifier, .inner = subj->entry, .pin = &v->pin};
     v->framing = framing;
     snprintf(v->label, sizeof v->label, "%s via verifier [%s Frames=%u FrameSize=%u align=%zu%s]", subj->name,
@@ -1100,6 +1150,118 @@ CONFORMANCE_TEST(verifier_shared_heap_finds_no_overlap)
     assert_no_faults(verifier, subj.name);
     ks_verifier_destroy(verifier);
     cr_assert_eq(ks_heap_destroy(heap, &err), STATUS_SUCCESS, "%s: %s", subj.name, err.message);
+    subject_close(&subj);
+}
+
+/* ---- DMA: every frame is reachable by the device ---------------------------------------------- */
+
+#define REACH_MAX_SEGMENTS 64u
+#define REACH_FRAMES 12u
+
+/* Checks one frame's segments against the device description; returns the bytes they cover. */
+static uint64_t check_frame_reachable(const instance *inst, ks_dma_adapter *adapter, const void *frame,
+                                      const char *spec)
+{
+    const ks_dma_device_description *device = ks_dma_adapter_description(adapter);
+    uint64_t mask = ks_dma_adapter_mask(adapter);
+    ks_dma_frame_info info;
+    ks_dma_segment segments[REACH_MAX_SEGMENTS];
+    ks_error err;
+    ks_error_clear(&err);
+    NTSTATUS status = ks_dma_frame_lookup(adapter, frame, &info, segments, REACH_MAX_SEGMENTS, &err);
+    cr_assert_eq(status, STATUS_SUCCESS, "%s on %s: frame %p is not in the frame registry: %s", inst->label, spec,
+                 frame, err.message);
+    cr_assert_leq(info.segment_count, REACH_MAX_SEGMENTS, "%s on %s: %u segments", inst->label, spec,
+                  info.segment_count);
+    cr_assert(device->max_segments == 0 || info.segment_count <= device->max_segments,
+              "%s on %s: frame %p has %u segments, the device takes %u", inst->label, spec, frame,
+              info.segment_count, device->max_segments);
+    uint64_t covered = 0;
+    for (uint32_t index = 0; index < info.segment_count; index++) {
+        const ks_dma_segment *seg = &segments[index];
+        uint64_t last = seg->bus_addr + seg->bytes - 1;
+        cr_assert(seg->bytes > 0 && last >= seg->bus_addr && last <= mask,
+                  "%s on %s: frame %p segment %u [0x%llx, +%llu) beyond mask 0x%llx", inst->label, spec, frame, index,
+                  (unsigned long long)seg->bus_addr, (unsigned long long)seg->bytes, (unsigned long long)mask);
+        cr_assert(device->boundary_bytes == 0 ||
+                      seg->bus_addr / device->boundary_bytes == last / device->boundary_bytes,
+                  "%s on %s: frame %p segment %u at 0x%llx +%llu crosses the %llu-byte boundary", inst->label, spec,
+                  frame, index, (unsigned long long)seg->bus_addr, (unsigned long long)seg->bytes,
+                  (unsigned long long)device->boundary_bytes);
+        cr_assert(device->max_segment_bytes == 0 || seg->bytes <= device->max_segment_bytes,
+                  "%s on %s: frame %p segment %u of %llu bytes, the device takes %llu", inst->label, spec, frame,
+                  index, (unsigned long long)seg->bytes, (unsigned long long)device->max_segment_bytes);
+        cr_assert(device->align_bytes <= 1 || seg->bus_addr % device->align_bytes == 0,
+                  "%s on %s: frame %p segment %u at 0x%llx is not %u-aligned", inst->label, spec, frame, index,
+                  (unsigned long long)seg->bus_addr, device->align_bytes);
+        covered += seg->bytes;
+    }
+    cr_assert_eq(covered, info.bytes, "%s on %s: frame %p segments cover %llu of %zu bytes", inst->label, spec, frame,
+                 (unsigned long long)covered, info.bytes);
+    return covered;
+}
+
+/* Fills the instance and checks every frame on the device; no DMA-debug report may result. */
+static void check_instance_reachable(instance *inst, ks_dma_adapter *adapter, const char *spec)
+{
+    void *frames[REACH_FRAMES];
+    size_t served = 0;
+    while (served < REACH_FRAMES && (frames[served] = instance_allocate(inst)) != NULL)
+        served++;
+    cr_assert_gt(served, 0, "%s on %s: no frame served", inst->label, spec);
+    for (size_t index = 0; index < served; index++) {
+        uint64_t covered = check_frame_reachable(inst, adapter, frames[index], spec);
+        cr_assert_geq(covered, inst->framing.FrameSize, "%s on %s: frame %zu covers %llu bytes of FrameSize %u",
+                      inst->label, spec, index, (unsigned long long)covered, (unsigned)inst->framing.FrameSize);
+    }
+    for (size_t index = 0; index < served; index++)
+        instance_free(inst, frames[index]);
+    cr_assert_eq(ks_dma_report_count(adapter), 0, "%s on %s: the checker reported the allocator's frames",
+                 inst->label, spec);
+}
+
+CONFORMANCE_TEST(dma_frames_are_reachable_by_the_device)
+{
+    subject subj;
+    subject_open(param, &subj);
+    skip_unless(&subj, KS_CAP_DMA, "KS_CAP_DMA");
+    static const char *const specs[] = {
+        "mask=32,sg=1,max_seg=16K,boundary=64K",
+        "mask=32,sg=1,iommu=1,boundary=32K,align=512",
+        "mask=32,coherent=0,sg=1,max_seg=8K,max_segs=64",
+        "mask=36,coherent=0,sg=1,iommu=1",
+    };
+    const ULONG sizes[] = {4096, 24000, 100};
+    for (size_t s = 0; s < sizeof specs / sizeof specs[0]; s++) {
+        ks_dma_device *device = dma_device_open(specs[s]);
+        ks_dma_adapter *adapter = ks_dma_device_adapter(device);
+        for (size_t z = 0; z < sizeof sizes / sizeof sizes[0]; z++) {
+            if (!framing_within_limits(subj.entry, sizes[z], 64))
+                continue;
+            KSALLOCATOR_FRAMING framing = make_framing(REACH_FRAMES, sizes[z], 63, false);
+            instance inst;
+            memset(&inst, 0, sizeof inst);
+            inst.subj = &subj;
+            inst.pin.abi_version = KSALLOC_ABI_VERSION;
+            inst.pin.name = pin_names[0];
+            inst.pin.framing = framing;
+            inst.pin.dma_adapter = adapter;
+            inst.requested = framing;
+            inst.framing = framing;
+            snprintf(inst.label, sizeof inst.label, "%s [FrameSize=%u]", subj.name, (unsigned)sizes[z]);
+            NTSTATUS status = subj.entry->dispatch->InitializeAllocator(&inst.pin, &inst.framing, &inst.context);
+            /* A frame longer than one segment may be refused (dma_pool's blocks are single
+             * segments); one the device takes whole may not. */
+            uint64_t max_segment_bytes = ks_dma_adapter_description(adapter)->max_segment_bytes;
+            if (!NT_SUCCESS(status) && max_segment_bytes != 0 && sizes[z] > max_segment_bytes)
+                continue;
+            cr_assert_eq(status, STATUS_SUCCESS, "%s on %s: InitializeAllocator returned %s", inst.label, specs[s],
+                         ks_status_name(status));
+            check_instance_reachable(&inst, adapter, specs[s]);
+            instance_delete(&inst);
+        }
+        dma_device_close(device, specs[s]);
+    }
     subject_close(&subj);
 }
 

@@ -332,3 +332,70 @@ Test(decode_op, k_comes_from_the_next_bytes_below_live)
     cr_assert_eq(op.arg, 5, "the missing high byte reads as zero");
     cr_assert_not(ks_decode_op(&reader, &view, &op));
 }
+
+/* ---- DMA ------------------------------------------------------------------------------------ */
+
+Test(decode_op, with_a_device_dma_ops_are_valid_for_the_state)
+{
+    xoshiro rng;
+    xoshiro_seed(&rng, 11);
+    static uint8_t bytes[512];
+    uint64_t dma_kinds[3] = {0};
+    for (int round = 0; round < 5000; round++) {
+        size_t size_bytes = xoshiro_next(&rng) % (sizeof bytes + 1);
+        for (size_t i = 0; i < size_bytes; i++)
+            bytes[i] = (uint8_t)xoshiro_next(&rng);
+        ks_byte_reader reader = {.data = bytes, .size_bytes = size_bytes};
+        ks_live_view view = {.pin_count = 1 + (unsigned)(xoshiro_next(&rng) % KS_MAX_PINS), .dma = true};
+        ks_op op;
+        while (ks_decode_op(&reader, &view, &op)) {
+            cr_assert_lt(op.pin, view.pin_count);
+            uint32_t *live = &view.live[op.pin];
+            if (op.kind == KS_OP_ALLOCATE) {
+                *live += 1;
+            } else if (op.kind == KS_OP_FREE || op.kind == KS_OP_TOUCH) {
+                cr_assert_lt(op.arg, *live);
+                *live -= op.kind == KS_OP_FREE;
+            } else {
+                cr_assert(op.kind >= KS_OP_DMA_FIRST && op.kind <= KS_OP_DMA_LAST, "kind %u", op.kind);
+                uint32_t older_than = op.kind == KS_OP_DMA_LOOPBACK ? *live - 1 : *live;
+                cr_assert_lt(op.arg, older_than, "kind %u k=%u with %u live", op.kind, op.arg, *live);
+                dma_kinds[op.kind - KS_OP_DMA_FIRST]++;
+            }
+        }
+    }
+    for (unsigned i = 0; i < 3; i++)
+        cr_assert_gt(dma_kinds[i], 0, "DMA kind %u never decoded", KS_OP_DMA_FIRST + i);
+}
+
+Test(decode_op, without_a_device_no_dma_op_and_the_old_mapping)
+{
+    /* 0x06 was FREE before DMA existed and stays FREE without a device; with one it is a DMA op. */
+    const uint8_t bytes[] = {0x06, 0x00};
+    ks_live_view view = {.pin_count = 1, .live = {1}};
+    ks_byte_reader reader = {.data = bytes, .size_bytes = 1};
+    ks_op op;
+    cr_assert(ks_decode_op(&reader, &view, &op));
+    cr_assert_eq(op.kind, KS_OP_FREE);
+    view.dma = true;
+    reader = (ks_byte_reader){.data = bytes, .size_bytes = sizeof bytes};
+    cr_assert(ks_decode_op(&reader, &view, &op));
+    cr_assert_eq(op.kind, KS_OP_DMA_CAPTURE);
+}
+
+Test(decode_config, a_dma_entry_gets_device_options_and_others_none)
+{
+    static const ks_allocator_entry dma_entry = {.abi_version = KSALLOC_ABI_VERSION, .name = "dma-like",
+                                                 .dispatch = &no_dispatch, .caps = KS_CAP_DMA};
+    const ks_allocator_entry *dma_entries[] = {&dma_entry};
+    const ks_allocator_entry *plain_entries[] = {&limited_entry};
+    const uint8_t bytes[] = {0, 7, 0, 4, 0, 3};
+    ks_byte_reader reader = {.data = bytes, .size_bytes = sizeof bytes};
+    ks_workload_config config;
+    ks_decode_config(&reader, dma_entries, 1, &config);
+    cr_assert_neq(config.dma_options[0], '\0');
+    cr_assert_not_null(strstr(config.dma_options, "mask="), "%s", config.dma_options);
+    reader = (ks_byte_reader){.data = bytes, .size_bytes = sizeof bytes};
+    ks_decode_config(&reader, plain_entries, 1, &config);
+    cr_assert_eq(config.dma_options[0], '\0');
+}

@@ -253,6 +253,52 @@ Test(dma_cache, shadow_diverges_until_maintenance)
     ks_physmem_destroy(physmem);
 }
 
+/* A mapping of a small buffer in the middle of a page copies only its own bytes into the RAM
+ * shadow. The first version copied the whole page, which reads past a malloc'd buffer: ASan
+ * reported a heap-buffer-overflow here, and the shadow held bytes of unrelated memory. */
+Test(dma_cache, attach_reads_only_the_mapped_bytes)
+{
+    ks_physmem *physmem = test_physmem(0, 0);
+    unsigned char *block = aligned_alloc(4096, 4096);
+    unsigned char *buffer = malloc(100); /* its own heap chunk: bytes around it are not ours */
+    cr_assert_not_null(block);
+    cr_assert_not_null(buffer);
+    memset(buffer, 0xa5, 100);
+    /* Two mappings in one page, at offsets 100 and 1000, attached one after the other. */
+    memset(block, 0x11, 4096);
+    cr_assert_eq(ks_physmem_pin(physmem, (uintptr_t)buffer, 100, NULL), STATUS_SUCCESS);
+    cr_assert_eq(ks_cache_attach(physmem, (uintptr_t)buffer, 100, NULL), STATUS_SUCCESS);
+    const ks_phys_page *page = ks_physmem_page_of_host(physmem, (uintptr_t)buffer);
+    uintptr_t offset = (uintptr_t)buffer & 4095;
+    unsigned char *ram = ks_cache_device_view(page, 0, false);
+    for (uintptr_t i = 0; i < 4096; i++) {
+        unsigned char want = (i >= offset && i < offset + 100) ? 0xa5 : 0;
+        cr_assert_eq(ram[i], want, "RAM byte %lu of the page: 0x%02x, expected 0x%02x", (unsigned long)i, ram[i], want);
+    }
+    cr_assert_eq(ks_physmem_pin(physmem, (uintptr_t)block + 100, 50, NULL), STATUS_SUCCESS);
+    cr_assert_eq(ks_cache_attach(physmem, (uintptr_t)block + 100, 50, NULL), STATUS_SUCCESS);
+    cr_assert_eq(ks_physmem_pin(physmem, (uintptr_t)block + 1000, 24, NULL), STATUS_SUCCESS);
+    cr_assert_eq(ks_cache_attach(physmem, (uintptr_t)block + 1000, 24, NULL), STATUS_SUCCESS);
+    page = ks_physmem_page_of_host(physmem, (uintptr_t)block);
+    ram = ks_cache_device_view(page, 0, false);
+    cr_assert_eq(ram[99], 0);
+    cr_assert_eq(ram[100], 0x11);
+    cr_assert_eq(ram[149], 0x11);
+    cr_assert_eq(ram[150], 0, "bytes between mappings are not read from the CPU view");
+    cr_assert_eq(ram[1000], 0x11, "a second mapping in the same page copies its own bytes");
+    cr_assert_eq(ram[1024], 0);
+    ks_cache_detach(physmem, (uintptr_t)block + 1000, 24);
+    ks_cache_detach(physmem, (uintptr_t)block + 100, 50);
+    ks_cache_detach(physmem, (uintptr_t)buffer, 100);
+    cr_assert_null(page->ram, "the last detach of the page drops its shadow");
+    ks_physmem_unpin(physmem, (uintptr_t)block + 1000, 24);
+    ks_physmem_unpin(physmem, (uintptr_t)block + 100, 50);
+    ks_physmem_unpin(physmem, (uintptr_t)buffer, 100);
+    ks_physmem_destroy(physmem);
+    free(buffer);
+    free(block);
+}
+
 /* ---- pattern and checksum -------------------------------------------------------------------- */
 
 Test(dma_pattern, byte_offsets_and_detection)

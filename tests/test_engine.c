@@ -12,6 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "catalogue.h"
+#include "dma/dma.h"
 #include "trace.h"
 #include "verifier.h"
 #include "workload.h"
@@ -366,8 +368,11 @@ Test(engine, invalid_ops_are_refused_and_change_nothing)
     } cases[] = {
         {{.kind = KS_OP_ALLOCATE, .pin = 2}, "op ALLOCATE on pin 2: no such pin, the workload has 2"},
         {{.kind = KS_OP_FREE, .pin = 200}, "op FREE on pin 200: no such pin, the workload has 2"},
-        {{.kind = 7, .pin = 0}, "op kind 7 on pin 0: unknown kind, expected ALLOCATE, FREE or TOUCH"},
-        {{.kind = KS_OP_DMA_FIRST, .pin = 0}, "op kind 16 on pin 0: unknown kind, expected ALLOCATE, FREE or TOUCH"},
+        {{.kind = 7, .pin = 0}, "op kind 7 on pin 0: unknown kind, expected ALLOCATE, FREE, TOUCH or a DMA op"},
+        {{.kind = KS_OP_DMA_LAST + 1, .pin = 0},
+         "op kind 19 on pin 0: unknown kind, expected ALLOCATE, FREE, TOUCH or a DMA op"},
+        {{.kind = KS_OP_DMA_FIRST, .pin = 0},
+         "op DMA_CAPTURE on pin 0: the workload has no DMA device (set dma options)"},
         {{.kind = KS_OP_FREE, .pin = 0, .arg = 3}, "op FREE on pin 0: k=3 but 3 frames are live"},
         {{.kind = KS_OP_TOUCH, .pin = 0, .arg = UINT32_MAX}, "op TOUCH on pin 0: k=4294967295 but 3 frames are live"},
         {{.kind = KS_OP_FREE, .pin = 1, .arg = 0}, "op FREE on pin 1: k=0 but 0 frames are live"},
@@ -508,7 +513,11 @@ static void run_one(ks_profile profile, const ks_allocator_entry *entry, const K
                  ks_profile_name(profile), base->Frames, err.message);
     const ks_run_stats *stats = ks_engine_stats(engine);
     cr_assert_eq(stats->ops, ops);
-    cr_assert_eq(stats->allocations + stats->allocation_failures + stats->frees + stats->touches, ops);
+    cr_assert_eq(stats->allocations + stats->allocation_failures + stats->frees + stats->touches + stats->dma_ops, ops);
+    /* Loopback needs two frames live: with Frames = 1 it only allocates and frees. */
+    bool dma_expected = ks_profile_uses_dma(profile) && (profile != KS_PROFILE_LOOPBACK || base->Frames != 1);
+    cr_assert_eq(stats->dma_ops > 0, dma_expected, "%s frames=%u: %llu DMA ops", ks_profile_name(profile),
+                 base->Frames, (unsigned long long)stats->dma_ops);
     cr_assert_gt(stats->elapsed_ns, 0);
     cr_assert_gt(stats->allocations, 0);
     close_engine(engine);
@@ -738,4 +747,277 @@ Test(engine_verifier, touch_goes_through_the_verifier)
     cr_assert_eq(ks_verifier_fault_at(verifier, 0)->kind, KS_FAULT_CORRUPTION);
     close_engine(engine);
     ks_verifier_destroy(verifier);
+}
+
+/* ---- DMA ------------------------------------------------------------------------------------ */
+
+static ks_engine *open_dma_engine(const char *allocator, const char *dma_options, uint32_t frames,
+                                  uint32_t frame_bytes, const ks_engine_options *options)
+{
+    ks_workload_config config;
+    memset(&config, 0, sizeof config);
+    config.pin_count = 1;
+    config.pins[0].entry = ks_catalogue_find(allocator);
+    cr_assert_not_null(config.pins[0].entry, "%s", allocator);
+    snprintf(config.pins[0].allocator, sizeof config.pins[0].allocator, "%s", allocator);
+    /* Page-aligned, as DMA buffers are: a streaming mapping on a non-coherent device shadows
+     * whole pages (harness/dma/cache.c), so a frame sharing a page with other heap data would
+     * have the DMA layer read that data (ASan reports it). */
+    config.pins[0].framing = (KSALLOCATOR_FRAMING){.Frames = frames, .FrameSize = frame_bytes, .FileAlignment = 4095};
+    config.pins[0].heap_index = -1;
+    snprintf(config.dma_options, sizeof config.dma_options, "%s", dma_options);
+    return open_engine(&config, options);
+}
+
+static NTSTATUS dma_step(ks_engine *engine, ks_op_kind kind, uint32_t k, ks_error *err)
+{
+    ks_op op = {.kind = (uint8_t)kind, .arg = k};
+    return ks_engine_step(engine, &op, NULL, err);
+}
+
+Test(engine_dma, ops_run_on_frames_of_any_allocator_and_of_dma_allocators)
+{
+    const char *allocators[] = {"pool", "tlsf", "dma_common", "dma_sg", "dma_pool"};
+    const char *devices[] = {"mask=32,sg=1", "mask=32,coherent=0,sg=1", "mask=32,coherent=0,iommu=1"};
+    for (size_t a = 0; a < sizeof allocators / sizeof allocators[0]; a++)
+        for (size_t d = 0; d < sizeof devices / sizeof devices[0]; d++) {
+            ks_verifier *verifier = NULL;
+            ks_verifier_options vopts = {0};
+            cr_assert_eq(ks_verifier_create(&vopts, &verifier, NULL), STATUS_SUCCESS);
+            ks_engine_options options = {.verifier = verifier};
+            ks_engine *engine = open_dma_engine(allocators[a], devices[d], 4, 12288, &options);
+            ks_live_view view;
+            ks_engine_view(engine, &view);
+            cr_assert(view.dma);
+            ks_error err;
+            ks_error_clear(&err);
+            cr_assert(step(engine, KS_OP_ALLOCATE, 0, 0));
+            cr_assert(step(engine, KS_OP_ALLOCATE, 0, 0));
+            for (ks_op_kind kind = KS_OP_DMA_CAPTURE; kind <= KS_OP_DMA_LAST; kind++)
+                cr_assert_eq(dma_step(engine, kind, 0, &err), STATUS_SUCCESS, "%s on %s: %s", allocators[a],
+                             devices[d], err.message);
+            const ks_run_stats *stats = ks_engine_stats(engine);
+            cr_assert_eq(stats->dma_ops, 3);
+            cr_assert_geq(stats->dma_bytes, 3 * 12288ull, "%s: %llu bytes", allocators[a],
+                          (unsigned long long)stats->dma_bytes);
+            step(engine, KS_OP_TOUCH, 0, 0); /* the verifier's pattern survived the device */
+            step(engine, KS_OP_TOUCH, 0, 1);
+            close_engine(engine);
+            cr_assert_eq(ks_verifier_fault_count(verifier), 0, "%s on %s: %s", allocators[a], devices[d],
+                         ks_verifier_fault_at(verifier, 0)->message);
+            ks_verifier_destroy(verifier);
+        }
+}
+
+Test(engine_dma, a_dma_allocator_gets_a_device_without_options)
+{
+    ks_engine *engine = open_dma_engine("dma_common", "", 4, 4096, NULL);
+    cr_assert_not_null(ks_engine_dma_device(engine));
+    cr_assert(step(engine, KS_OP_ALLOCATE, 0, 0));
+    ks_error err;
+    cr_assert_eq(dma_step(engine, KS_OP_DMA_CAPTURE, 0, &err), STATUS_SUCCESS, "%s", err.message);
+    close_engine(engine);
+}
+
+Test(engine_dma, bad_options_and_bad_loopback_are_refused)
+{
+    ks_workload_config config;
+    memset(&config, 0, sizeof config);
+    pin_config(&config, 0, 4, 64, 0);
+    strcpy(config.dma_options, "mask=32,warp=9");
+    ks_engine *engine = NULL;
+    ks_error err;
+    cr_assert_eq(ks_engine_open(&config, NULL, &engine, &err), STATUS_INVALID_PARAMETER);
+    cr_assert_not_null(strstr(err.message, "warp"), "%s", err.message);
+    cr_assert_null(engine);
+
+    engine = open_dma_engine("pool", "mask=32", 4, 4096, NULL);
+    cr_assert(step(engine, KS_OP_ALLOCATE, 0, 0));
+    cr_assert_eq(dma_step(engine, KS_OP_DMA_LOOPBACK, 0, &err), STATUS_INVALID_PARAMETER);
+    cr_assert_str_eq(err.message, "op DMA_LOOPBACK on pin 0: k=0 must be older than the newest of 1 live frames");
+    cr_assert_eq(ks_engine_stats(engine)->dma_ops, 0);
+    close_engine(engine);
+}
+
+/* A planted driver bug: no syncs on streaming frames of a non-coherent device is stale data. */
+Test(engine_dma, a_missing_sync_is_a_data_error_naming_op_pin_frame_and_bus)
+{
+    ks_engine_options options = {.dma_transfer_flags = KS_DMA_TRANSFER_NO_SYNC};
+    ks_engine *engine = open_dma_engine("dma_sg", "mask=32,coherent=0,sg=1", 4, 8192, &options);
+    cr_assert(step(engine, KS_OP_ALLOCATE, 0, 0));
+    ks_error err;
+    ks_error_clear(&err);
+    cr_assert_eq(dma_step(engine, KS_OP_DMA_CAPTURE, 0, &err), STATUS_DATA_ERROR);
+    cr_assert_not_null(strstr(err.message, "op DMA_CAPTURE on pin 0 k=0 (frame 0x"), "%s", err.message);
+    cr_assert_not_null(strstr(err.message, ", bus 0x"), "%s", err.message);
+    cr_assert_not_null(strstr(err.message, "stale data"), "%s", err.message);
+    close_engine(engine);
+    /* The same on a coherent device is correct: nothing needs a sync there. */
+    engine = open_dma_engine("dma_sg", "mask=32,sg=1", 4, 8192, &options);
+    cr_assert(step(engine, KS_OP_ALLOCATE, 0, 0));
+    cr_assert_eq(dma_step(engine, KS_OP_DMA_CAPTURE, 0, &err), STATUS_SUCCESS, "%s", err.message);
+    close_engine(engine);
+}
+
+Test(engine_dma, injected_faults_are_counted_not_failed)
+{
+    ks_engine *engine = open_dma_engine("pool", "mask=32,fault_ppm=500000,faults=device+iommu,seed=5", 4, 4096, NULL);
+    cr_assert(step(engine, KS_OP_ALLOCATE, 0, 0));
+    ks_error err;
+    for (int i = 0; i < 40; i++)
+        cr_assert_eq(dma_step(engine, KS_OP_DMA_CAPTURE, 0, &err), STATUS_SUCCESS, "op %d: %s", i, err.message);
+    cr_assert_gt(ks_engine_stats(engine)->dma_injected_faults, 0);
+    cr_assert_lt(ks_engine_stats(engine)->dma_injected_faults, 40);
+    close_engine(engine);
+}
+
+/* An allocator that misuses the adapter: Free gives the common buffer back with the wrong size,
+ * and with leak_on_free set it never gives it back at all. */
+static bool leaky_dma_leaks;
+
+typedef struct leaky_dma {
+    ks_dma_adapter *adapter;
+    size_t frame_bytes;
+} leaky_dma;
+
+typedef struct leaky_frame_header {
+    ks_dma_addr bus;
+} leaky_frame_header;
+
+static NTSTATUS leaky_init(PVOID initial_context, PKSALLOCATOR_FRAMING framing, PVOID *context)
+{
+    KSPIN *pin = initial_context;
+    leaky_dma *leaky = calloc(1, sizeof *leaky);
+    if (pin->dma_adapter == NULL || leaky == NULL) {
+        free(leaky);
+        return STATUS_INVALID_PARAMETER;
+    }
+    leaky->adapter = pin->dma_adapter;
+    leaky->frame_bytes = framing->FrameSize ? framing->FrameSize : 4096;
+    *context = leaky;
+    return STATUS_SUCCESS;
+}
+
+static PVOID leaky_allocate(PVOID context)
+{
+    leaky_dma *leaky = context;
+    ks_dma_addr bus;
+    uint8_t *cpu = ks_dma_alloc_coherent(leaky->adapter, leaky->frame_bytes + 64, &bus, NULL);
+    if (cpu == NULL)
+        return NULL;
+    ((leaky_frame_header *)cpu)->bus = bus;
+    return cpu + 64;
+}
+
+static void leaky_free(PVOID context, PVOID frame)
+{
+    leaky_dma *leaky = context;
+    uint8_t *cpu = (uint8_t *)frame - 64;
+    if (!leaky_dma_leaks) /* wrong size: the frame's, not the buffer's */
+        ks_dma_free_coherent(leaky->adapter, leaky->frame_bytes, cpu, ((leaky_frame_header *)cpu)->bus);
+}
+
+static void leaky_delete(PVOID context)
+{
+    free(context);
+}
+
+static const KSALLOCATOR_DISPATCH leaky_dispatch = {.InitializeAllocator = leaky_init, .DeleteAllocator = leaky_delete,
+                                                    .Allocate = leaky_allocate, .Free = leaky_free};
+static const ks_allocator_entry leaky_entry = {.abi_version = KSALLOC_ABI_VERSION, .name = "leaky_dma",
+                                               .dispatch = &leaky_dispatch, .caps = KS_CAP_DMA};
+
+static ks_engine *open_leaky(void)
+{
+    ks_workload_config config;
+    memset(&config, 0, sizeof config);
+    config.pin_count = 1;
+    config.pins[0].entry = &leaky_entry;
+    strcpy(config.pins[0].allocator, "leaky_dma");
+    config.pins[0].framing = (KSALLOCATOR_FRAMING){.Frames = 4, .FrameSize = 4096};
+    config.pins[0].heap_index = -1;
+    return open_engine(&config, NULL);
+}
+
+Test(engine_dma, a_checker_report_fails_the_step_that_caused_it)
+{
+    leaky_dma_leaks = false;
+    ks_engine *engine = open_leaky();
+    cr_assert(step(engine, KS_OP_ALLOCATE, 0, 0));
+    ks_op op = {.kind = KS_OP_FREE, .arg = 0};
+    ks_error err;
+    ks_error_clear(&err);
+    cr_assert_eq(ks_engine_step(engine, &op, NULL, &err), STATUS_DATA_ERROR);
+    cr_assert_not_null(strstr(err.message, "FREE: 1 DMA-debug report; first: size-mismatch"), "%s", err.message);
+    cr_assert_eq(ks_engine_close(engine, &err), STATUS_SUCCESS, "%s", err.message); /* reported once */
+}
+
+Test(engine_dma, a_leak_at_teardown_is_the_close_error)
+{
+    leaky_dma_leaks = true;
+    ks_engine *engine = open_leaky();
+    cr_assert(step(engine, KS_OP_ALLOCATE, 0, 0));
+    step(engine, KS_OP_FREE, 0, 0); /* gives nothing back: silent until teardown */
+    ks_error err;
+    ks_error_clear(&err);
+    cr_assert_eq(ks_engine_close(engine, &err), STATUS_DATA_ERROR);
+    cr_assert_not_null(strstr(err.message, "teardown: 1 DMA-debug report; first: leak"), "%s", err.message);
+}
+
+/* The decoder's configs and ops over the DMA allocators: every op is valid and runs clean. */
+Test(engine_dma, decoded_workloads_on_dma_allocators_run_clean)
+{
+    /* DMA allocators only: their frames live in memory the DMA layer owns (see open_dma_engine
+     * on sub-page frames of other allocators). */
+    const ks_allocator_entry *entries[] = {ks_catalogue_find("dma_common"), ks_catalogue_find("dma_sg"),
+                                           ks_catalogue_find("dma_pool")};
+    uint64_t state = 77, opened = 0, dma_ops = 0;
+    static uint8_t bytes[160];
+    for (int round = 0; round < 40; round++) {
+        for (size_t i = 0; i < sizeof bytes; i++) {
+            state = state * 6364136223846793005ull + 1442695040888963407ull;
+            bytes[i] = (uint8_t)(state >> 56);
+        }
+        ks_byte_reader reader = {.data = bytes, .size_bytes = sizeof bytes};
+        ks_workload_config config;
+        ks_decode_config(&reader, entries, 3, &config);
+        ks_engine *engine = NULL;
+        ks_error err;
+        ks_error_clear(&err);
+        if (!NT_SUCCESS(ks_engine_open(&config, NULL, &engine, &err)))
+            continue; /* a device that cannot serve a framing refuses it cleanly */
+        opened++;
+        ks_live_view view;
+        ks_engine_view(engine, &view);
+        ks_op op;
+        while (ks_decode_op(&reader, &view, &op)) {
+            cr_assert_eq(ks_engine_step(engine, &op, NULL, &err), STATUS_SUCCESS, "round %d dma %s: %s", round,
+                         config.dma_options, err.message);
+            ks_engine_view(engine, &view);
+        }
+        dma_ops += ks_engine_stats(engine)->dma_ops;
+        close_engine(engine);
+    }
+    cr_assert_gt(opened, 20);
+    cr_assert_gt(dma_ops, 0);
+}
+
+/* The hand-written DMA trace replays through the engine, op by op, clean. */
+Test(engine_dma, the_hand_written_dma_trace_replays_clean)
+{
+    ks_trace trace;
+    ks_error err;
+    cr_assert_eq(ks_trace_load(KS_SOURCE_DIR "/tests/data/traces/good_dma.trace", &trace, &err), STATUS_SUCCESS, "%s",
+                 err.message);
+    trace.config.pins[0].entry = ks_catalogue_find(trace.config.pins[0].allocator);
+    ks_engine *engine = open_engine(&trace.config, NULL);
+    for (size_t i = 0; i < trace.op_count; i++) {
+        bool allocated = false;
+        cr_assert_eq(ks_engine_step(engine, &trace.ops[i], &allocated, &err), STATUS_SUCCESS, "op %zu: %s", i,
+                     err.message);
+        cr_assert_eq(allocated, trace.allocated[i] != 0, "op %zu", i);
+    }
+    cr_assert_eq(ks_engine_stats(engine)->dma_ops, 3);
+    close_engine(engine);
+    ks_trace_release(&trace);
 }

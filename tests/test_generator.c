@@ -46,6 +46,15 @@ static void model_apply(model *m, const ks_op *op, uint64_t index)
                      op->kind, op->pin, op->arg, *live);
         *live -= op->kind == KS_OP_FREE ? 1 : 0;
         break;
+    case KS_OP_DMA_CAPTURE:
+    case KS_OP_DMA_RENDER:
+        cr_assert_lt(op->arg, *live, "op %llu: DMA kind %u on pin %u with k=%u but %u live", (unsigned long long)index,
+                     op->kind, op->pin, op->arg, *live);
+        break;
+    case KS_OP_DMA_LOOPBACK:
+        cr_assert_lt(op->arg + 1, *live, "op %llu: loopback on pin %u from k=%u needs an older frame than the newest "
+                     "of %u", (unsigned long long)index, op->pin, op->arg, *live);
+        break;
     default: cr_assert_fail("op %llu: unknown kind %u", (unsigned long long)index, op->kind);
     }
     cr_assert_eq(op->thread, 0);
@@ -68,7 +77,9 @@ static void generate(model *m, ks_profile profile, uint64_t seed, uint64_t op_co
 
 static unsigned pins_for(ks_profile profile)
 {
-    return profile == KS_PROFILE_FRAGMENTING ? 3 : 1;
+    /* The DMA streaming profiles are a fixed cycle per pin: on one pin the seed has nothing to
+     * choose, so they get two, where it picks the pin of every op. */
+    return profile == KS_PROFILE_FRAGMENTING ? 3 : ks_profile_uses_dma(profile) ? 2 : 1;
 }
 
 #define DETERMINISM_OPS 4000

@@ -43,6 +43,7 @@ static void make_config(ks_workload_config *config)
     config->pins[1].heap_index = -1;
     config->pins[2].framing = (KSALLOCATOR_FRAMING){.PoolType = PagedPool};
     config->pins[2].heap_index = 1;
+    strcpy(config->dma_options, "mask=32,coherent=0,iommu=1,fault_ppm=10");
 }
 
 /* Writes config and op_count random ops into a malloc'ed buffer through the stream writer. */
@@ -68,7 +69,9 @@ static void random_ops(ks_op *ops, bool *allocated, size_t op_count, unsigned pi
     for (size_t i = 0; i < op_count; i++) {
         uint64_t r = test_rng_next(&seed);
         memset(&ops[i], 0, sizeof ops[i]);
-        ops[i].kind = (uint8_t)(r % 3);
+        static const uint8_t kinds[] = {KS_OP_ALLOCATE, KS_OP_FREE, KS_OP_TOUCH,
+                                        KS_OP_DMA_CAPTURE, KS_OP_DMA_RENDER, KS_OP_DMA_LOOPBACK};
+        ops[i].kind = kinds[r % 6];
         ops[i].pin = (uint8_t)((r >> 8) % pin_count);
         ops[i].arg = ops[i].kind == KS_OP_ALLOCATE ? 0 : (uint32_t)(r >> 32) >> ((r >> 16) % 32);
         allocated[i] = ops[i].kind == KS_OP_ALLOCATE && ((r >> 24) & 1);
@@ -93,6 +96,7 @@ Test(trace, writer_output_parses_back_exactly)
     cr_assert_eq(trace.seed, UINT64_MAX);
     cr_assert_eq(trace.config.pin_count, config.pin_count);
     cr_assert_eq(trace.config.heap_count, config.heap_count);
+    cr_assert_str_eq(trace.config.dma_options, config.dma_options);
     for (unsigned i = 0; i < config.heap_count; i++)
         cr_assert_eq(trace.config.heap_bytes[i], config.heap_bytes[i]);
     for (unsigned i = 0; i < config.pin_count; i++) {
@@ -144,6 +148,56 @@ Test(trace, writer_writes_the_documented_format)
                            "T 0 0\n"
                            "end 4\n");
     free(text);
+}
+
+Test(trace, dma_line_and_ops_have_the_documented_format)
+{
+    ks_workload_config config;
+    memset(&config, 0, sizeof config);
+    config.pin_count = 1;
+    strcpy(config.pins[0].allocator, "dma_sg");
+    config.pins[0].framing = (KSALLOCATOR_FRAMING){.Frames = 4, .FrameSize = 8192};
+    config.pins[0].heap_index = -1;
+    strcpy(config.dma_options, "mask=32,sg=1");
+    const ks_op ops[] = {{.kind = KS_OP_ALLOCATE}, {.kind = KS_OP_ALLOCATE}, {.kind = KS_OP_DMA_CAPTURE, .arg = 1},
+                         {.kind = KS_OP_DMA_RENDER, .arg = 0}, {.kind = KS_OP_DMA_LOOPBACK, .arg = 0}};
+    size_t text_bytes = 0;
+    char *text = NULL;
+    FILE *stream = open_memstream(&text, &text_bytes);
+    ks_trace_writer *writer;
+    cr_assert_eq(ks_trace_writer_open_stream(stream, &config, "capture", 7, &writer, NULL), STATUS_SUCCESS);
+    for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++)
+        cr_assert_eq(ks_trace_writer_op(writer, &ops[i], true), STATUS_SUCCESS);
+    cr_assert_eq(ks_trace_writer_close(writer, NULL), STATUS_SUCCESS);
+    fclose(stream);
+    cr_assert_str_eq(text, "ksalloc-trace 1\n"
+                           "profile capture seed 7\n"
+                           "dma mask=32,sg=1\n"
+                           "pin 0 dma_sg frames=4 frame_bytes=8192 align_mask=0x0 flags=0x0 pool=0 heap=-1\n"
+                           "A 0 ok\n"
+                           "A 0 ok\n"
+                           "C 0 1\n"
+                           "R 0 0\n"
+                           "L 0 0\n"
+                           "end 5\n");
+    free(text);
+}
+
+Test(trace, writer_refuses_dma_options_the_format_cannot_carry)
+{
+    ks_workload_config config;
+    make_config(&config);
+    strcpy(config.dma_options, "mask=32, sg=1");
+    ks_trace_writer *writer = NULL;
+    ks_error err;
+    FILE *sink = fopen("/dev/null", "w");
+    cr_assert_not_null(sink);
+    cr_assert_eq(ks_trace_writer_open_stream(sink, &config, "p", 1, &writer, &err), STATUS_INVALID_PARAMETER);
+    cr_assert_not_null(strstr(err.message, "dma options"), "%s", err.message);
+    memset(config.dma_options, 'x', sizeof config.dma_options); /* no NUL */
+    cr_assert_eq(ks_trace_writer_open_stream(sink, &config, "p", 1, &writer, &err), STATUS_INVALID_PARAMETER);
+    cr_assert_null(writer);
+    fclose(sink);
 }
 
 Test(trace, file_writer_and_loader_round_trip)
@@ -201,6 +255,15 @@ Test(trace, hand_written_traces_parse)
     cr_assert_eq(trace.ops[1].kind, KS_OP_FREE);
     ks_trace_release(&trace);
 
+    cr_assert_eq(ks_trace_load(TRACE_DATA_DIR "good_dma.trace", &trace, &err), STATUS_SUCCESS, "%s", err.message);
+    cr_assert_str_eq(trace.config.dma_options, "mask=32,coherent=0,sg=1,iommu=1");
+    cr_assert_eq(trace.op_count, 6);
+    cr_assert_eq(trace.ops[2].kind, KS_OP_DMA_CAPTURE);
+    cr_assert_eq(trace.ops[2].arg, 1);
+    cr_assert_eq(trace.ops[3].kind, KS_OP_DMA_RENDER);
+    cr_assert_eq(trace.ops[4].kind, KS_OP_DMA_LOOPBACK);
+    ks_trace_release(&trace);
+
     cr_assert_eq(ks_trace_load(TRACE_DATA_DIR "k_out_of_range.trace", &trace, &err), STATUS_SUCCESS,
                  "k beyond the live frames is a replay error, not a parse error: %s", err.message);
     cr_assert_eq(trace.ops[2].arg, 5);
@@ -216,7 +279,7 @@ typedef struct corrupt_case {
 static const corrupt_case corrupt_cases[] = {
     {"bad_magic.trace", 2, "bad magic 'ksalloc-trce', expected 'ksalloc-trace 1'"},
     {"bad_version.trace", 1, "unsupported version 2, expected 1"},
-    {"unknown_op.trace", 7, "unknown op 'X', expected A, F, T or end"},
+    {"unknown_op.trace", 7, "unknown op 'X', expected A, F, T, C, R, L or end"},
     {"bad_pin.trace", 6, "pin 2 out of range, expected 0 to 1"},
     {"truncated_no_end.trace", 7, "truncated: no 'end' line after 3 ops"},
     {"count_mismatch.trace", 7, "end says 4 ops but the trace has 3, expected end 3"},
@@ -261,7 +324,7 @@ Test(trace, in_memory_defects_name_their_line)
         {"", 3, "truncated: no 'end' line after 0 ops"},
         {"A 0 maybe\nend 1\n", 4, "bad outcome 'maybe', expected ok or null"},
         {"A 0\n", 4, "'A' line has 2 fields, expected 'A <pin> <ok|null>'"},
-        {"F 0 1 2\n", 4, "unexpected '2' at the end of the line, expected 'F|T <pin> <k>'"},
+        {"F 0 1 2\n", 4, "unexpected '2' at the end of the line, expected 'F|T|C|R|L <pin> <k>'"},
         {"F 0 -1\n", 4, "bad number '-1' for k, expected decimal digits"},
         {"T 0 99999999999999999999999\n", 4, "k '99999999999999999999999' out of range, expected at most 4294967295"},
         {"heap 0 4096\n", 4, "heap line after the first pin, expected heaps before pins"},
@@ -277,7 +340,11 @@ Test(trace, in_memory_defects_name_their_line)
          "heap=0 but no heap is declared, expected heap=-1"},
         {"pin 1 a frames=1 frame_bytes=1 align_mask=0x0 flags=0x100000000 pool=0 heap=-1\n", 4,
          "flags '0x100000000' out of range, expected at most 0xffffffff"},
-        {"Q\n", 4, "unknown op 'Q', expected pin, A, F, T or end"},
+        {"Q\n", 4, "unknown op 'Q', expected pin, A, F, T, C, R, L or end"},
+        {"C 0\n", 4, "'C' line has 2 fields, expected 'F|T|C|R|L <pin> <k>'"},
+        {"L 1 0\n", 4, "pin 1 out of range, expected 0 to 0"},
+        {"R 0 x\n", 4, "bad number 'x' for k, expected decimal digits"},
+        {"dma mask=32\n", 4, "a late dma line, expected it once, right after the profile line"},
         {"end\n", 4, "'end' line has 1 fields, expected 'end <op_count>'"},
         {"end 0\nend 0\n", 5, "trailing 'end' after the end line, expected nothing"},
     };
@@ -289,7 +356,7 @@ Test(trace, in_memory_defects_name_their_line)
         ks_error err;
         ks_error_clear(&err);
         cr_assert(!NT_SUCCESS(ks_trace_parse(text, strlen(text), "t.trace", &trace, &err)), "case %zu accepted", i);
-        cr_assert_str_eq(err.message, want, "case %zu", i);
+        cr_assert_str_eq(err.message, want, "case %zu: got \"%s\", want \"%s\"", i, err.message, want);
     }
 }
 
@@ -314,7 +381,14 @@ Test(trace, header_defects_name_their_line)
         {"ksalloc-trace 1\nprofile x seed 1\nheap 0 1\nheap 1 1\nheap 2 1\nheap 3 1\nheap 4 1\n",
          "t:7: heap 4 is one too many, expected at most 4 heaps"},
         {"ksalloc-trace 1\nprofile x seed 1\nend 0\n", "t:3: 'end' before any pin line, expected 'pin 0 <allocator> ...'"},
-        {"ksalloc-trace 1\nprofile x seed 1\nbogus\n", "t:3: unknown line 'bogus', expected heap or pin"},
+        {"ksalloc-trace 1\nprofile x seed 1\nbogus\n", "t:3: unknown line 'bogus', expected dma, heap or pin"},
+        {"ksalloc-trace 1\nprofile x seed 1\ndma\n", "t:3: 'dma' line has 1 fields, expected 'dma <options>'"},
+        {"ksalloc-trace 1\nprofile x seed 1\ndma a b\n",
+         "t:3: unexpected 'b' at the end of the line, expected 'dma <options>'"},
+        {"ksalloc-trace 1\nprofile x seed 1\ndma a\ndma b\n",
+         "t:4: a second dma line, expected it once, right after the profile line"},
+        {"ksalloc-trace 1\nprofile x seed 1\nheap 0 4096\ndma a\n",
+         "t:4: a late dma line, expected it once, right after the profile line"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         ks_trace trace;
@@ -453,7 +527,7 @@ Test(trace, writer_refuses_what_the_format_cannot_carry)
     cr_assert_eq(ks_trace_writer_open_stream(sink, &config, "p", 1, &writer, &err), STATUS_SUCCESS);
     ks_op op = {.kind = KS_OP_ALLOCATE, .pin = 3};
     cr_assert_eq(ks_trace_writer_op(writer, &op, true), STATUS_INVALID_PARAMETER, "pin 3 of 3");
-    op = (ks_op){.kind = KS_OP_DMA_FIRST};
+    op = (ks_op){.kind = KS_OP_DMA_LAST + 1};
     cr_assert_eq(ks_trace_writer_op(writer, &op, true), STATUS_NOT_SUPPORTED);
     cr_assert_eq(ks_trace_writer_close(writer, &err), STATUS_SUCCESS);
     fclose(sink);

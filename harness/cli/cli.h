@@ -42,5 +42,6 @@ int ks_cmd_list(int argc, char **argv);
 int ks_cmd_run(int argc, char **argv);
 int ks_cmd_replay(int argc, char **argv);
 int ks_cmd_compare(int argc, char **argv);
+int ks_cmd_dma(int argc, char **argv);
 
 #endif

@@ -12,6 +12,7 @@ static const char usage[] =
     "  list     the allocators in the catalogue and their capabilities\n"
     "  run      run a workload profile against an allocator through the verifier\n"
     "  replay   replay a recorded trace file\n"
+    "  dma      the streaming DMA profiles on an emulated device\n"
     "  compare  compare two benchmark reports and gate on regressions\n"
     "  help     this text; `ksalloc <command> --help` for a command's options\n";
 
@@ -33,7 +34,8 @@ int main(int argc, char **argv)
     static const struct {
         const char *name;
         int (*run)(int, char **);
-    } commands[] = {{"list", ks_cmd_list}, {"run", ks_cmd_run}, {"replay", ks_cmd_replay}, {"compare", ks_cmd_compare}};
+    } commands[] = {{"list", ks_cmd_list},       {"run", ks_cmd_run}, {"replay", ks_cmd_replay},
+                    {"compare", ks_cmd_compare}, {"dma", ks_cmd_dma}};
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         if (strcmp(command, commands[i].name) == 0)
             return commands[i].run(argc - 1, argv + 1);

@@ -51,8 +51,17 @@ NTSTATUS ks_cache_attach(ks_physmem *physmem, uintptr_t host, uint64_t bytes, ks
                                     "cache: no memory for the RAM shadow of page 0x%llx",
                                     (unsigned long long)page->phys);
             }
-            memcpy(page->ram, (const void *)page->host, KS_DMA_PAGE_BYTES);
+            /* Bytes of the page outside every mapping are never read by the device (accesses are
+             * confined to mappings), so they stay zero rather than being read from host memory
+             * that may belong to someone else. */
+            memset(page->ram, 0, KS_DMA_PAGE_BYTES);
         }
+        /* Mapping writes the CPU's view of the mapped bytes back to RAM, as a map for the device
+         * does; only this mapping's part of the page is read. */
+        uintptr_t page_start = (uintptr_t)page->host;
+        uintptr_t copy_from = host > page_start ? host : page_start;
+        uintptr_t copy_to = host + bytes < page_start + KS_DMA_PAGE_BYTES ? host + bytes : page_start + KS_DMA_PAGE_BYTES;
+        memcpy((unsigned char *)page->ram + (copy_from - page_start), (const void *)copy_from, copy_to - copy_from);
         page->ram_refs++;
     }
     return STATUS_SUCCESS;
