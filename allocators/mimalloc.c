@@ -2,7 +2,11 @@
  * mimalloc.c -- `mimalloc`: frames from a private mimalloc heap (Debian's libmimalloc 2.0.9).
  *
  * Design. Each instance owns one mi_heap_t (mi_heap_new at InitializeAllocator); a frame is
- * mi_heap_malloc_aligned(heap, FrameSize, FileAlignment + 1) and goes back with mi_free.
+ * mi_heap_malloc_aligned_at(heap, FrameSize, FileAlignment + 1, 0) and goes back with mi_free.
+ * Not mi_heap_malloc_aligned: in 2.0.9 its fast path for a power-of-two size at least the
+ * alignment returns a plain small block, which for 256..1024-byte alignments is not aligned
+ * (microsoft/mimalloc#700, fixed upstream after 2.0.9; found here by fuzz_alloc_mimalloc, input
+ * in fuzz/corpus/fuzz_alloc_mimalloc). The _at entry point always takes the checked path.
  * DeleteAllocator is mi_heap_destroy, which releases every page of the heap in one sweep, frames
  * still live included, without visiting them one by one. On a pin with a shared ks_heap, every
  * mimalloc instance on that heap shares one mi_heap (heap->attach("mimalloc")), so their frames
@@ -253,7 +257,7 @@ static PVOID mimalloc_allocate(PVOID context)
         instance->foreign_thread_refusals++;
         return NULL;
     }
-    void *frame = mi_heap_malloc_aligned(instance->heap, instance->frame_bytes, instance->align_bytes);
+    void *frame = mi_heap_malloc_aligned_at(instance->heap, instance->frame_bytes, instance->align_bytes, 0);
     if (frame == NULL) {
         instance->allocation_failures++;
         return NULL;

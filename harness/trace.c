@@ -707,7 +707,16 @@ static NTSTATUS parse_line(trace_parser *parser, const char *line, size_t length
         return parse_error(parser, STATUS_DATA_ERROR, "NUL byte at column %zu, expected text",
                            (size_t)(nul - line) + 1);
     const char *comment = memchr(line, '#', length);
-    tokenize(parser, line, comment ? (size_t)(comment - line) : length);
+    size_t text_length = comment ? (size_t)(comment - line) : length;
+    /* The writer refuses control bytes in names (token_writable); so does the reader, so that
+     * every trace it accepts can be written back byte for byte. Comments may hold anything. */
+    for (size_t i = 0; i < text_length; i++) {
+        unsigned char c = (unsigned char)line[i];
+        if ((c < ' ' && c != '\t' && c != '\r') || c == 0x7f)
+            return parse_error(parser, STATUS_DATA_ERROR, "control byte 0x%02x at column %zu, expected text", c,
+                               i + 1);
+    }
+    tokenize(parser, line, text_length);
     if (parser->token_count == 0)
         return STATUS_SUCCESS; /* blank or comment only */
     switch (parser->state) {

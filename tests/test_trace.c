@@ -347,6 +347,12 @@ Test(trace, in_memory_defects_name_their_line)
         {"dma mask=32\n", 4, "a late dma line, expected it once, right after the profile line"},
         {"end\n", 4, "'end' line has 1 fields, expected 'end <op_count>'"},
         {"end 0\nend 0\n", 5, "trailing 'end' after the end line, expected nothing"},
+        /* fuzz_trace found a name with a control byte that the reader took and the writer then
+         * refused: the reader now refuses it too, outside comments only. */
+        {"pin 1 a\x01" "b frames=1 frame_bytes=1 align_mask=0x0 flags=0x0 pool=0 heap=-1\n", 4,
+         "control byte 0x01 at column 8, expected text"},
+        {"A 0 ok\x7f\n", 4, "control byte 0x7f at column 7, expected text"},
+        {"A 0 ok # a comment may hold \x01\nA 0 ok\x0b\n", 5, "control byte 0x0b at column 7, expected text"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char text[1024], want[512];
@@ -422,7 +428,7 @@ Test(trace, too_many_pins_is_rejected)
 Test(trace, messages_quote_bytes_safely)
 {
     char text[300] = "ksalloc-trace 1\nprofile x seed 1\npin 0 a frames=1 frame_bytes=1 align_mask=0x0 flags=0x0 "
-                     "pool=0 heap=-1\n\x01\x7f\xff";
+                     "pool=0 heap=-1\n\xff\x80\xfe";
     size_t length = strlen(text);
     memset(text + length, 'z', 100);
     text[length + 100] = '\0';

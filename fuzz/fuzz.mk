@@ -1,0 +1,150 @@
+# fuzz/fuzz.mk -- fuzz targets, corpus replay, OSS-Fuzz simulation and AFL++; included by the
+# Makefile (`include fuzz/fuzz.mk`), which provides CSTD, WARN, LIBS, CFLAGS_ALL, LDFLAGS_ALL,
+# BUILD, MODE, LIBKS, PLUGINS and Q.
+#
+#   make fuzz [FUZZ_SECONDS=10]   build every target with clang (libFuzzer+ASan+UBSan) into
+#                                 build/fuzz/ and run each for FUZZ_SECONDS over `nproc` cores;
+#                                 prints target, runs, exec/s, cov, ft, corpus growth, crashes
+#   make fuzz-replay              every checked-in corpus through the regression driver, built in
+#                                 the current MODE with $(CC) (no libFuzzer): part of `make test`
+#   make fuzz-build               only build the libFuzzer targets (FUZZ_CC, FUZZ_CFLAGS,
+#                                 FUZZ_ENGINE, FUZZ_LINK, FUZZ_BUILD select how; build.sh uses it)
+#   make oss-fuzz-check           run fuzz/oss-fuzz/build.sh as OSS-Fuzz would, for address and
+#                                 undefined, and check its output as OSS-Fuzz does before it
+#                                 accepts a build
+#   make fuzz-afl                 the same targets with afl-clang-fast, one run briefly
+#
+# The per-allocator targets come from the catalogue at build time: the names are the
+# `&ks_allocator_<name>,` lines of the table in harness/catalogue.c, read with sed. Reading the
+# source rather than running a host-built `ksalloc list` keeps every fuzz build (OSS-Fuzz's MSan
+# and cross builds included) free of running anything it built; the catalogue's own rule
+# (an entry's name is its variable's suffix) makes the two agree, and fuzz_allocator.c refuses
+# to start if they ever do not. Registering an allocator there is all it takes to get
+# fuzz_alloc_<name>, its replay in `make test` and its OSS-Fuzz binary.
+
+FUZZ_ALLOCATORS := $(shell sed -n 's/^[[:space:]]*&ks_allocator_\([A-Za-z0-9_]*\),.*/\1/p' harness/catalogue.c)
+FUZZ_ALLOC_TARGETS := $(addprefix fuzz_alloc_,$(FUZZ_ALLOCATORS))
+FUZZ_OTHER_TARGETS := fuzz_differential fuzz_plugin fuzz_trace fuzz_plugin_entry
+FUZZ_TARGETS := $(FUZZ_ALLOC_TARGETS) $(FUZZ_OTHER_TARGETS)
+
+FUZZ_SECONDS ?= 10
+FUZZ_JOBS ?= $(shell nproc 2>/dev/null || echo 1)
+FUZZ_CC ?= clang
+FUZZ_LINK ?= clang++
+FUZZ_SANITIZE ?= -fsanitize=address,undefined -fno-sanitize-recover=all
+FUZZ_CFLAGS ?= -O1 -g -fno-omit-frame-pointer -fsanitize=fuzzer-no-link $(FUZZ_SANITIZE)
+FUZZ_LDFLAGS ?= $(FUZZ_SANITIZE)
+FUZZ_ENGINE ?= -fsanitize=fuzzer
+FUZZ_BUILD ?= build/fuzz
+FUZZ_WARN ?= $(WARN)
+# The plugin fuzz_plugin drives in `make fuzz` and `make fuzz-replay` (a user passes their own).
+FUZZ_PLUGIN_SRC ?= tests/plugin/example_plugin.c
+
+FUZZ_LIB_SRC := $(wildcard harness/*.c harness/dma/*.c allocators/*.c)
+FUZZ_COMPILE = $(FUZZ_CC) $(CSTD) $(FUZZ_WARN) $(FUZZ_CFLAGS) -Iharness -Ifuzz -pthread
+FUZZ_LIB := $(FUZZ_BUILD)/lib/libksalloc-fuzz.a
+FUZZ_LIB_OBJ := $(patsubst %.c,$(FUZZ_BUILD)/obj/%.o,$(FUZZ_LIB_SRC))
+FUZZ_HELPER_OBJ := $(FUZZ_BUILD)/obj/fuzz/fuzz_helpers.o
+FUZZ_BINS := $(addprefix $(FUZZ_BUILD)/bin/,$(FUZZ_TARGETS))
+# The minimal allocate/free harness the issue measures our speed against; built, not shipped.
+FUZZ_BASELINE := $(FUZZ_BUILD)/bin/fuzz_baseline_malloc
+FUZZ_PLUGIN_SO := $(FUZZ_BUILD)/lib/plugins/$(notdir $(FUZZ_PLUGIN_SRC:.c=.so))
+
+.PHONY: fuzz fuzz-build fuzz-replay oss-fuzz-check fuzz-afl
+
+fuzz-build: $(FUZZ_BINS) $(FUZZ_BASELINE) $(FUZZ_PLUGIN_SO)
+
+$(FUZZ_BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CC [fuzz] $<")
+	$(Q)$(FUZZ_COMPILE) -MMD -MP -c $< -o $@
+
+$(FUZZ_BUILD)/obj/fuzz/fuzz_alloc_%.o: fuzz/fuzz_allocator.c
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CC [fuzz] $< ($*)")
+	$(Q)$(FUZZ_COMPILE) -DKS_FUZZ_ALLOCATOR='"$*"' -MMD -MP -c $< -o $@
+
+$(FUZZ_LIB): $(FUZZ_LIB_OBJ)
+	@mkdir -p $(dir $@)
+	$(Q)rm -f $@ && ar rcs $@ $^
+
+$(FUZZ_BUILD)/bin/%: $(FUZZ_BUILD)/obj/fuzz/%.o $(FUZZ_HELPER_OBJ) $(FUZZ_LIB)
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  LD [fuzz] $@")
+	$(Q)$(FUZZ_LINK) $(FUZZ_LDFLAGS) $(FUZZ_ENGINE) $< $(FUZZ_HELPER_OBJ) $(FUZZ_LIB) $(LIBS) -pthread -o $@
+
+$(FUZZ_BASELINE): fuzz/baseline_malloc.c
+	@mkdir -p $(dir $@)
+	$(Q)$(FUZZ_CC) $(CSTD) $(FUZZ_WARN) $(FUZZ_CFLAGS) $(FUZZ_ENGINE) $< -o $@
+
+$(FUZZ_PLUGIN_SO): $(FUZZ_PLUGIN_SRC) harness/ksalloc.h
+	@mkdir -p $(dir $@)
+	$(Q)$(FUZZ_CC) -std=c11 -O1 -g -fPIC -shared -Iharness -o $@ $<
+
+# ---- make fuzz -----------------------------------------------------------------------------------
+fuzz: fuzz-build
+	$(Q)FUZZ_BUILD='$(FUZZ_BUILD)' FUZZ_SECONDS='$(FUZZ_SECONDS)' FUZZ_JOBS='$(FUZZ_JOBS)' \
+	    KSALLOC_FUZZ_PLUGIN='$(abspath $(FUZZ_PLUGIN_SO))' KS_REPLAY_BUILD='$(BUILD)' \
+	    fuzz/run-fuzz $(FUZZ_TARGETS) fuzz_baseline_malloc
+
+# ---- make fuzz-replay: the corpora as regression tests, any compiler, any MODE --------------------
+FUZZ_REPLAY_DIR := $(BUILD)/fuzz
+FUZZ_REPLAY_BINS := $(addprefix $(FUZZ_REPLAY_DIR)/regress_,$(FUZZ_TARGETS))
+FUZZ_REPLAY_OBJ := $(BUILD)/obj/fuzz/fuzz_helpers.o $(BUILD)/obj/fuzz/regression_driver.o
+
+$(BUILD)/obj/fuzz/fuzz_alloc_%.o: fuzz/fuzz_allocator.c | $(BUILD)/obj
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CC [$(MODE)] $< ($*)")
+	$(Q)$(CC) $(CFLAGS_ALL) -Ifuzz -DKS_FUZZ_ALLOCATOR='"$*"' -MMD -MP -c $< -o $@
+
+$(FUZZ_REPLAY_DIR)/regress_%: $(BUILD)/obj/fuzz/%.o $(FUZZ_REPLAY_OBJ) $(LIBKS)
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  LD [$(MODE)] $@")
+	$(Q)$(CC) $(LDFLAGS_ALL) $< $(FUZZ_REPLAY_OBJ) $(LIBKS) $(LIBS) -o $@
+
+# Corpus of a target: fuzz/corpus/<target>/; the targets reading the allocator input format
+# (fuzz_alloc_*, fuzz_differential, fuzz_plugin) share fuzz/corpus/fuzz_allocator/ and add
+# fuzz/corpus/<target>/ when one exists (inputs that crashed that target once). fuzz_plugin
+# replays on the example plugin and on `lookaside` (thread-safe: the two-thread schedule).
+fuzz-replay: $(FUZZ_REPLAY_BINS) $(PLUGINS)
+	$(Q)failed=0; for t in $(FUZZ_TARGETS); do \
+	    case $$t in fuzz_alloc_*|fuzz_differential|fuzz_plugin) \
+	                    dirs="fuzz/corpus/fuzz_allocator $$(ls -d fuzz/corpus/$$t 2>/dev/null)";; \
+	                *) dirs=fuzz/corpus/$$t;; esac; \
+	    plugins=-; [ $$t = fuzz_plugin ] && plugins="$(abspath $(BUILD))/lib/plugins/example_plugin.so lookaside"; \
+	    for p in $$plugins; do \
+	        log=$(FUZZ_REPLAY_DIR)/regress_$$t.log; label=$$t; [ $$p = - ] || label="$$t ($$(basename $$p))"; \
+	        if KSALLOC_FUZZ_PLUGIN=$$p $(FUZZ_REPLAY_DIR)/regress_$$t $$dirs >$$log 2>&1; then \
+	            printf '  fuzz-replay [$(MODE)] %-34s %s\n' "$$label" "$$(tail -n 1 $$log | sed 's/^regression driver: //')"; \
+	        else failed=1; echo "  fuzz-replay [$(MODE)] $$label FAILED:"; tail -n 20 $$log; fi; \
+	    done; \
+	done; exit $$failed
+
+-include $(FUZZ_LIB_OBJ:.o=.d) $(wildcard $(FUZZ_BUILD)/obj/fuzz/*.d) $(wildcard $(BUILD)/obj/fuzz/*.d)
+# Dependency files are never remade: without this, make would try to build fuzz_alloc_x.d from
+# fuzz_alloc_x.d.o through the fuzz_alloc_%.o pattern above.
+$(FUZZ_BUILD)/obj/%.d: ;
+$(BUILD)/obj/fuzz/%.d: ;
+
+# ---- make oss-fuzz-check ----------------------------------------------------------------------------
+oss-fuzz-check:
+	$(Q)fuzz/oss-fuzz/check-build $(OSS_FUZZ_SANITIZERS)
+
+# ---- make fuzz-afl ------------------------------------------------------------------------------------
+FUZZ_AFL_BUILD := build/fuzz-afl
+FUZZ_AFL_TARGET ?= fuzz_alloc_pool
+FUZZ_AFL_SECONDS ?= 15
+fuzz-afl:
+	$(Q)AFL_QUIET=1 $(MAKE) --no-print-directory fuzz-build FUZZ_BUILD=$(FUZZ_AFL_BUILD) FUZZ_CC=afl-clang-fast \
+	    FUZZ_LINK=afl-clang-fast++ FUZZ_CFLAGS='-O1 -g -fsanitize=fuzzer-no-link $(FUZZ_SANITIZE)' \
+	    FUZZ_ENGINE=-fsanitize=fuzzer
+	$(Q)fuzz/run-afl $(FUZZ_AFL_BUILD) $(FUZZ_AFL_TARGET) $(FUZZ_AFL_SECONDS)
+
+# Objects reached only through pattern rules would be deleted as intermediates; keep them.
+.SECONDARY: $(patsubst %,$(FUZZ_BUILD)/obj/fuzz/%.o,$(FUZZ_TARGETS)) $(FUZZ_HELPER_OBJ) \
+            $(patsubst %,$(BUILD)/obj/fuzz/%.o,$(FUZZ_TARGETS)) $(FUZZ_REPLAY_OBJ)
+
+# The target names, one per line (fuzz/oss-fuzz/build.sh packages each).
+.PHONY: fuzz-list-targets
+fuzz-list-targets:
+	@printf '%s\n' $(FUZZ_TARGETS)

@@ -1,0 +1,84 @@
+/*
+ * fuzz_helpers.h -- what every ksalloc fuzz target shares: the libFuzzer entry points, a check
+ * macro that NDEBUG cannot switch off, and the one way of turning input bytes into a run (decode
+ * a config for the given entries with ks_decode_config, decode ops with ks_decode_op, step them
+ * through the engine with a fresh verifier session).
+ *
+ * Byte format of an allocator input (fuzz_alloc_*, the single-threaded part of fuzz_plugin, and
+ * `ksalloc replay --fuzz-input`): [config bytes as ks_decode_config reads them][op bytes as
+ * ks_decode_op reads them]. Nothing else is read, so `ksalloc replay --fuzz-input FILE
+ * --allocator NAME` replays any such input exactly.
+ *
+ * Any verifier fault aborts the process at once (after printing the fault and the commands
+ * that reproduce it), so libFuzzer saves the input and the regression driver fails.
+ */
+#ifndef KS_FUZZ_HELPERS_H
+#define KS_FUZZ_HELPERS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "catalogue.h"
+#include "verifier.h"
+#include "workload.h"
+
+/* The libFuzzer interface (also driven by fuzz/regression_driver.c). */
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+int LLVMFuzzerInitialize(int *argc, char ***argv);
+
+/* The verifier's periodic self-check cadence in every fuzz run (it also runs at every
+ * DeleteAllocator); `ksalloc replay --fuzz-input` uses the same value so that a self-check fault
+ * reproduces there too. Measured: after every op, buddy's self-check (a walk of the whole
+ * arena) took 70% of the time of fuzz_alloc_buddy; every 16 ops keeps a corrupting op within
+ * 16 ops of its detection. */
+#define KS_FUZZ_SELF_CHECK_EVERY_OPS 16u
+
+/* FrameSize cap of every fuzz run (the decoder's table reaches 1 MiB): a page plus 4 bytes, so
+ * the page and page-plus-a-bit edges stay in reach. Measured (make fuzz, ASan, this machine):
+ * uncapped, pool ran ~40 inputs/s, nearly all of it faulting in fresh pages (ASan maps every
+ * large block anew) and writing/checking the verifier's per-frame patterns, O(FrameSize) per op;
+ * at 64 KiB ~100-200/s. Larger frames are covered by the profiles in `make test`. Applied by
+ * lowering the entry's max_frame_bytes, which ks_decode_config clamps to;
+ * `ksalloc replay --fuzz-input` applies the same cap, so inputs replay identically. */
+#define KS_FUZZ_MAX_FRAME_BYTES 4100u
+
+/* A copy of entry whose max_frame_bytes is at most KS_FUZZ_MAX_FRAME_BYTES; decode against it.
+ * Returns copy. */
+const ks_allocator_entry *ks_fuzz_capped_entry(const ks_allocator_entry *entry, ks_allocator_entry *copy);
+
+/* Prints "ksalloc-fuzz: FAILED at file:line: <condition>: <message>", the reproduce commands
+ * and aborts. */
+_Noreturn void ks_fuzz_fail(const char *file, int line, const char *condition, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* Always on, NDEBUG or not: a fuzz target that stops checking in release builds finds nothing. */
+#define KS_FUZZ_CHECK(condition, ...)                                                                   \
+    do {                                                                                                \
+        if (!(condition))                                                                               \
+            ks_fuzz_fail(__FILE__, __LINE__, #condition, __VA_ARGS__);                                  \
+    } while (0)
+
+/* Names the target and the allocator spec ("pool", "plugin:/x.so", or NULL when the input is not
+ * a single-allocator one) for the reproduce lines printed on failure. Call from
+ * LLVMFuzzerInitialize. */
+void ks_fuzz_set_identity(const char *target, const char *allocator_spec);
+
+/* A verifier session whose first fault aborts the process (printing it first). */
+ks_verifier *ks_fuzz_verifier_create(void);
+
+/* Opens an engine over config with verifier (may be NULL). false when an allocator refused the
+ * decoded framing, which is its right (the verifier has already judged the write-back); any
+ * other failure is a harness bug and aborts. */
+bool ks_fuzz_engine_open(const ks_workload_config *config, ks_verifier *verifier, ks_engine **engine);
+
+/* One op; an engine error aborts (the decoder only produces ops valid for the view). */
+void ks_fuzz_engine_step(ks_engine *engine, const ks_op *op, bool *allocated);
+
+/* Closes the engine (frees what is live, deletes every instance); an error aborts. */
+void ks_fuzz_engine_close(ks_engine *engine);
+
+/* The allocator input format above, run on entry with a fresh verifier. */
+void ks_fuzz_run_allocator_input(const uint8_t *data, size_t size, const ks_allocator_entry *entry);
+
+#endif
