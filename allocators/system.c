@@ -67,6 +67,8 @@ static void system_heap_free(void *frame)
 extern void *__libc_memalign(size_t alignment, size_t size);
 extern void __libc_free(void *ptr);
 
+extern void *__libc_malloc(size_t size);
+
 static void *system_heap_alloc(size_t align_bytes, size_t size_bytes)
 {
     return __libc_memalign(align_bytes, size_bytes);
@@ -76,6 +78,16 @@ static void system_heap_free(void *frame)
     __libc_free(frame);
 }
 
+/* With jemalloc as malloc, glibc's heap is initialised by the first __libc_* call, and
+ * ptmalloc_init makes the calling thread the owner of main_arena without counting it. When that
+ * first call came from a worker thread (two threads of the conformance suite's thread test, or
+ * `run --instances`), the worker's exit uncounted main_arena and a later thread exit aborted in
+ * __malloc_arena_thread_freeres ("a->attached_threads > 0"), intermittently. Initialising glibc's
+ * heap here, on the main thread before main, is what a program that uses glibc's malloc does. */
+__attribute__((constructor)) static void system_heap_warm_up(void)
+{
+    __libc_free(__libc_malloc(1));
+}
 #endif
 
 /* ---- Tuning and limits ---------------------------------------------------------------------- */
