@@ -40,6 +40,7 @@
 #include "catalogue.h"
 #include "gbench_c.h"
 #include "heap.h"
+#include "dma_suite.h"
 #include "pool_copy.h"
 #include "rss.h"
 #include "timer.h"
@@ -1066,20 +1067,27 @@ static void register_group(registrar *reg, ks_workload workload, size_t frame_by
     }
 }
 
-/* The DMA capture/render suites belong here: once harness/dma lands they register, for every
- * allocator with KS_CAP_DMA and every other allocator feeding a bounce buffer, a capture
- * (device writes, CPU reads) and a render (CPU writes, device reads) stream through the emulated
- * engine, with the same body and counters as the suites above. Until then they are listed as
- * skipped, and so is every KS_CAP_DMA allocator (InitializeAllocator needs an adapter). */
-static void register_dma_suites(registrar *reg)
+static void dma_skip(void *context, const char *name, const char *reason)
 {
-    add_skip(reg, "dma_capture/*", "not written yet: needs the emulated DMA engine of harness/dma, still being written");
-    add_skip(reg, "dma_render/*", "not written yet: needs the emulated DMA engine of harness/dma, still being written");
+    add_skip(context, name, "%s", reason);
+}
+
+/* The DMA capture/render suites (dma_suite.c) need a device, which only they set up: every
+ * KS_CAP_DMA allocator is listed as skipped in the other suites, and runs in those. */
+static void register_dma_suites(registrar *reg, ks_error *err)
+{
+    size_t registered = 0;
+    if (!NT_SUCCESS(ks_bench_register_dma(reg->config, dma_skip, reg, &reg->suites->dma, &registered, err))) {
+        reg->out_of_memory = true;
+        return;
+    }
+    reg->suites->registered += registered;
     for (size_t index = 0; index < reg->config->allocator_count; index++)
         if (reg->config->allocators[index].entry->caps & KS_CAP_DMA) {
             char name[96];
             snprintf(name, sizeof name, "*/%s/*", reg->config->allocators[index].label);
-            add_skip(reg, name, "KS_CAP_DMA: it needs a DMA adapter, which only the DMA suites provide");
+            add_skip(reg, name, "KS_CAP_DMA: its InitializeAllocator needs a DMA adapter; it runs in dma_capture "
+                                "and dma_render only");
         }
 }
 
@@ -1096,7 +1104,7 @@ NTSTATUS ks_bench_register_suites(const ks_bench_config *config, ks_bench_suites
             for (size_t count = 0; count < count_count; count++)
                 register_group(&reg, (ks_workload)workload, sizes[size], counts[count]);
     }
-    register_dma_suites(&reg);
+    register_dma_suites(&reg, err);
     if (reg.out_of_memory)
         return ks_error_set(err, STATUS_INSUFFICIENT_RESOURCES, "out of memory registering the benchmark suites");
     return STATUS_SUCCESS;
@@ -1113,6 +1121,8 @@ void ks_bench_suites_release(ks_bench_suites *suites)
         free(bc);
     }
     free(suites->cases);
+    ks_bench_dma_release(suites->dma);
+    suites->dma = NULL;
     free(suites->skips);
     memset(suites, 0, sizeof *suites);
 }

@@ -48,6 +48,7 @@ typedef struct ks_bench_suites {
     size_t skip_count;
     size_t skip_capacity;
     void **cases; /* owned; released by ks_bench_suites_release */
+    struct ks_bench_dma_cases *dma; /* the DMA suites' cases (dma_suite.h); owned */
     size_t case_count;
     size_t case_capacity;
 } ks_bench_suites;

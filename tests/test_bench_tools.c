@@ -265,3 +265,22 @@ Test(bench_tools, report_writes_markdown_and_plots)
     snprintf(command, sizeof command, "rm -rf '%s'", dir);
     cr_assert_eq(system(command), 0);
 }
+
+/* The DMA suites run frames through the emulated device and into the JSON report, the
+ * KS_CAP_DMA allocators included, with the bound beside them and no failed case. */
+Test(bench_tools, dma_suites_stream_frames_through_the_device, .timeout = 180)
+{
+    char command[1024];
+    snprintf(command, sizeof command,
+             "out=$(mktemp) && %s/bin/ksalloc-bench --ks_allocators=pool,dma_pool "
+             "--benchmark_filter='dma_render/(inline_freelist|pool|dma_pool)/4096' --benchmark_min_time=0.01 "
+             "--benchmark_out=$out --benchmark_out_format=json >/dev/null && cat $out; rc=$?; rm -f $out; exit $rc",
+             KS_BUILD_DIR);
+    run(&result, command);
+    cr_assert_eq(result.exit_code, 0, "%s", result.output);
+    assert_output_has(&result, "\"name\": \"dma_render/inline_freelist/4096/real_time\"");
+    assert_output_has(&result, "\"name\": \"dma_render/pool/4096/real_time\"");
+    assert_output_has(&result, "\"name\": \"dma_render/dma_pool/4096/real_time\"");
+    cr_assert_null(strstr(result.output, "\"error_occurred\": true"), "%s", result.output);
+    cr_assert_not_null(strstr(result.output, "\"bytes_per_second\""), "%s", result.output);
+}
