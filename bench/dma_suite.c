@@ -19,6 +19,13 @@
  * emulated path per frame, of which the allocator is one part; allocators are compared with each
  * other by ns/op within a group.
  *
+ * Two more groups measure the engine itself, with no allocator: dma_copy/engine/<bytes> is one
+ * batch of DMA_COPY_BATCH COPY descriptors between two coherent buffers (submitted together, one
+ * doorbell, a wait for the last), beside dma_copy/memcpy/<bytes>, as many memcpys of the same
+ * bytes (64 KiB and 1 MiB): their ratio is the engine's copy throughput against the host's. dma_descriptor/engine/64 submits a batch of
+ * DMA_DESCRIPTOR_BATCH 64-byte copies, rings once and waits for the last, so its time per op
+ * (ops_per_iteration = the batch) is the engine's per-descriptor overhead when the ring is fed.
+ *
  * The device: DMA_DEVICE ("mask=64,sg=1": coherent, scatter/gather, no IOMMU), so that no
  * allocator is measured bouncing and dma_sg can run. The time is wall-clock time (the device
  * works on its own thread, which the process's CPU time of the benchmark thread would miss). Frame sizes 4 KiB and 64 KiB (64 KiB in quick mode). No latency
@@ -31,6 +38,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dma/dma.h"
 #include "gbench_c.h"
 #include "workload.h"
 
@@ -38,11 +46,19 @@
 #define DMA_DEVICE "mask=64,sg=1"
 #define DMA_ALIGN_MASK 4095u /* page-aligned, as DMA buffers are */
 
+#define DMA_DESCRIPTOR_BATCH 32u
+#define DMA_COPY_BATCH 32u
+#define DMA_DESCRIPTOR_BYTES 64u
+
 static const size_t dma_sizes_full[] = {4096, 65536};
+static const size_t dma_copy_sizes[] = {65536, 1048576};
 static const size_t dma_sizes_quick[] = {65536};
+
+typedef enum dma_kind { DMA_STREAM, DMA_STREAM_BOUND, DMA_COPY_ENGINE, DMA_COPY_MEMCPY, DMA_DESCRIPTORS } dma_kind;
 
 typedef struct dma_case {
     char name[160];
+    dma_kind kind;
     const ks_allocator_entry *entry; /* NULL: the inline bound */
     const char *label;
     ks_profile profile;
@@ -182,13 +198,177 @@ static void dma_bound_body(ks_gbench_state *state, const dma_case *dc)
     free(block);
 }
 
+/* ---- The engine alone ------------------------------------------------------------------------ */
+
+typedef struct dma_engine_rig {
+    ks_dma_device *device;
+    ks_dma_adapter *adapter;
+    void *src, *dst;
+    ks_dma_addr src_bus, dst_bus;
+    size_t bytes;
+} dma_engine_rig;
+
+static void dma_rig_close(dma_engine_rig *rig)
+{
+    if (rig->src != NULL)
+        ks_dma_free_coherent(rig->adapter, rig->bytes, rig->src, rig->src_bus);
+    if (rig->dst != NULL)
+        ks_dma_free_coherent(rig->adapter, rig->bytes, rig->dst, rig->dst_bus);
+    if (rig->device != NULL) {
+        ks_dma_device_stop(rig->device);
+        ks_dma_device_destroy(rig->device);
+    }
+    memset(rig, 0, sizeof *rig);
+}
+
+/* A device and two coherent buffers of bytes each. */
+static NTSTATUS dma_rig_open(dma_engine_rig *rig, size_t bytes, ks_error *err)
+{
+    memset(rig, 0, sizeof *rig);
+    ks_dma_options options;
+    ks_dma_options_init(&options);
+    NTSTATUS status = ks_dma_options_parse(&options, DMA_DEVICE, err);
+    if (NT_SUCCESS(status))
+        status = ks_dma_device_create(&options, &rig->device, err);
+    if (!NT_SUCCESS(status))
+        return status;
+    rig->adapter = ks_dma_device_adapter(rig->device);
+    rig->bytes = bytes;
+    rig->src = ks_dma_alloc_coherent(rig->adapter, bytes, &rig->src_bus, err);
+    rig->dst = rig->src != NULL ? ks_dma_alloc_coherent(rig->adapter, bytes, &rig->dst_bus, err) : NULL;
+    if (rig->dst == NULL) {
+        dma_rig_close(rig);
+        return STATUS_INSUFFICIENT_RESOURCES;
+    }
+    memset(rig->src, 0x5a, bytes);
+    return STATUS_SUCCESS;
+}
+
+static void dma_fail_loop(ks_gbench_state *state, const char *message)
+{
+    ks_gbench_skip_with_error(state, message);
+    while (ks_gbench_keep_running_batch(state, 1)) {
+    }
+}
+
+/* DMA_COPY_BATCH copies of the whole buffer per iteration, submitted together, one doorbell, a
+ * wait for the last: the ring stays fed, as a streaming driver keeps it, so the figure is the
+ * engine's throughput rather than the engine thread's wake-up latency. The bytes are checked at
+ * the end. */
+static void dma_copy_engine_body(ks_gbench_state *state, const dma_case *dc)
+{
+    dma_engine_rig rig;
+    ks_error err;
+    ks_error_clear(&err);
+    if (!NT_SUCCESS(dma_rig_open(&rig, dc->frame_bytes, &err))) {
+        dma_fail_loop(state, err.message);
+        return;
+    }
+    ks_dma_segment src = {rig.src_bus, dc->frame_bytes}, dst = {rig.dst_bus, dc->frame_bytes};
+    ks_dma_descriptor descriptor = {.op = KS_DMA_OP_COPY, .src = &src, .src_count = 1, .dst = &dst, .dst_count = 1};
+    bool failed = false;
+    while (ks_gbench_keep_running_batch(state, 1)) {
+        uint64_t cookie = 0;
+        for (unsigned copy = 0; copy < DMA_COPY_BATCH && !failed; copy++)
+            failed = !NT_SUCCESS(ks_dma_device_submit(rig.device, &descriptor, &cookie, &err));
+        if (failed)
+            break;
+        ks_dma_device_issue_pending(rig.device);
+        if (!NT_SUCCESS(ks_dma_device_wait(rig.device, cookie, 0, &err))) {
+            failed = true;
+            break;
+        }
+    }
+    if (failed) {
+        ks_gbench_skip_with_error(state, err.message);
+        while (ks_gbench_keep_running_batch(state, 1)) {
+        }
+    } else if (memcmp(rig.src, rig.dst, dc->frame_bytes) != 0) {
+        ks_gbench_skip_with_error(state, "the engine's copy did not arrive intact");
+    }
+    uint64_t iterations = ks_gbench_iterations(state);
+    ks_gbench_set_bytes_processed(state, (int64_t)(iterations * DMA_COPY_BATCH * dc->frame_bytes));
+    ks_gbench_counter(state, "ops_per_iteration", DMA_COPY_BATCH, KS_GBENCH_COUNTER_DEFAULT);
+    dma_rig_close(&rig);
+}
+
+static void dma_copy_memcpy_body(ks_gbench_state *state, const dma_case *dc)
+{
+    unsigned char *src = aligned_alloc(4096, dc->frame_bytes), *dst = aligned_alloc(4096, dc->frame_bytes);
+    if (src == NULL || dst == NULL) {
+        free(src);
+        free(dst);
+        dma_fail_loop(state, "out of memory for the memcpy buffers");
+        return;
+    }
+    memset(src, 0x5a, dc->frame_bytes);
+    while (ks_gbench_keep_running_batch(state, 1)) {
+        for (unsigned copy = 0; copy < DMA_COPY_BATCH; copy++) {
+            memcpy(dst, src, dc->frame_bytes);
+            __asm__ __volatile__("" : : "r"(dst) : "memory"); /* the copy is not dead */
+        }
+    }
+    uint64_t iterations = ks_gbench_iterations(state);
+    ks_gbench_set_bytes_processed(state, (int64_t)(iterations * DMA_COPY_BATCH * dc->frame_bytes));
+    ks_gbench_counter(state, "ops_per_iteration", DMA_COPY_BATCH, KS_GBENCH_COUNTER_DEFAULT);
+    free(src);
+    free(dst);
+}
+
+/* DMA_DESCRIPTOR_BATCH small copies per iteration: submit them all, one doorbell, wait for the
+ * last (completions are in cookie order). */
+static void dma_descriptors_body(ks_gbench_state *state, const dma_case *dc)
+{
+    dma_engine_rig rig;
+    ks_error err;
+    ks_error_clear(&err);
+    if (!NT_SUCCESS(dma_rig_open(&rig, (size_t)DMA_DESCRIPTOR_BATCH * DMA_DESCRIPTOR_BYTES, &err))) {
+        dma_fail_loop(state, err.message);
+        return;
+    }
+    ks_dma_segment src[DMA_DESCRIPTOR_BATCH], dst[DMA_DESCRIPTOR_BATCH];
+    for (unsigned index = 0; index < DMA_DESCRIPTOR_BATCH; index++) {
+        src[index] = (ks_dma_segment){rig.src_bus + (ks_dma_addr)index * DMA_DESCRIPTOR_BYTES, DMA_DESCRIPTOR_BYTES};
+        dst[index] = (ks_dma_segment){rig.dst_bus + (ks_dma_addr)index * DMA_DESCRIPTOR_BYTES, DMA_DESCRIPTOR_BYTES};
+    }
+    bool failed = false;
+    while (ks_gbench_keep_running_batch(state, 1)) {
+        uint64_t cookie = 0;
+        for (unsigned index = 0; index < DMA_DESCRIPTOR_BATCH && !failed; index++) {
+            ks_dma_descriptor descriptor = {
+                .op = KS_DMA_OP_COPY, .src = &src[index], .src_count = 1, .dst = &dst[index], .dst_count = 1};
+            failed = !NT_SUCCESS(ks_dma_device_submit(rig.device, &descriptor, &cookie, &err));
+        }
+        if (failed)
+            break;
+        ks_dma_device_issue_pending(rig.device);
+        if (!NT_SUCCESS(ks_dma_device_wait(rig.device, cookie, 0, &err))) {
+            failed = true;
+            break;
+        }
+    }
+    if (failed) {
+        ks_gbench_skip_with_error(state, err.message);
+        while (ks_gbench_keep_running_batch(state, 1)) {
+        }
+    }
+    (void)dc;
+    uint64_t iterations = ks_gbench_iterations(state);
+    ks_gbench_set_items_processed(state, (int64_t)(iterations * DMA_DESCRIPTOR_BATCH));
+    ks_gbench_counter(state, "ops_per_iteration", DMA_DESCRIPTOR_BATCH, KS_GBENCH_COUNTER_DEFAULT);
+    dma_rig_close(&rig);
+}
+
 static void dma_body(ks_gbench_state *state, void *arg)
 {
     const dma_case *dc = arg;
-    if (dc->entry == NULL)
-        dma_bound_body(state, dc);
-    else
-        dma_engine_body(state, dc);
+    switch (dc->kind) {
+    case DMA_STREAM_BOUND: dma_bound_body(state, dc); break;
+    case DMA_STREAM: dma_engine_body(state, dc); break;
+    case DMA_COPY_ENGINE: dma_copy_engine_body(state, dc); break;
+    case DMA_COPY_MEMCPY: dma_copy_memcpy_body(state, dc); break;
+    case DMA_DESCRIPTORS: dma_descriptors_body(state, dc); break;
+    }
 }
 
 /* Opens and closes the case's engine once, as the run will; false with why if that fails. */
@@ -238,7 +418,8 @@ NTSTATUS ks_bench_register_dma(const ks_bench_config *config, ks_bench_skip_fn s
     size_t size_count = config->quick ? sizeof dma_sizes_quick / sizeof dma_sizes_quick[0]
                                       : sizeof dma_sizes_full / sizeof dma_sizes_full[0];
     ks_bench_dma_cases *cases = calloc(1, sizeof *cases);
-    size_t most = 2 * size_count * (config->allocator_count + 1);
+    size_t copy_count = sizeof dma_copy_sizes / sizeof dma_copy_sizes[0];
+    size_t most = 2 * size_count * (config->allocator_count + 1) + 2 * copy_count + 1;
     if (cases == NULL || (cases->cases = calloc(most, sizeof *cases->cases)) == NULL) {
         free(cases);
         return ks_error_set(err, STATUS_INSUFFICIENT_RESOURCES, "out of memory registering the DMA suites");
@@ -249,7 +430,8 @@ NTSTATUS ks_bench_register_dma(const ks_bench_config *config, ks_bench_skip_fn s
     for (size_t p = 0; p < 2; p++)
         for (size_t s = 0; s < size_count; s++)
             for (size_t index = 0; index <= config->allocator_count; index++) {
-                dma_case dc = {.profile = profiles[p], .frame_bytes = sizes[s]};
+                dma_case dc = {.kind = index == 0 ? DMA_STREAM_BOUND : DMA_STREAM, .profile = profiles[p],
+                               .frame_bytes = sizes[s]};
                 dc.entry = index == 0 ? NULL : config->allocators[index - 1].entry;
                 dc.label = index == 0 ? "inline_freelist" : config->allocators[index - 1].label;
                 snprintf(dc.name, sizeof dc.name, "dma_%s/%s/%zu", ks_profile_name(dc.profile), dc.label,
@@ -279,6 +461,32 @@ NTSTATUS ks_bench_register_dma(const ks_bench_config *config, ks_bench_skip_fn s
                 ks_gbench_use_real_time(bench);
                 (*registered)++;
             }
+    for (size_t c = 0; c <= 2 * copy_count; c++) {
+        dma_case dc = {.entry = NULL};
+        if (c == 2 * copy_count) {
+            dc.kind = DMA_DESCRIPTORS;
+            dc.frame_bytes = DMA_DESCRIPTOR_BYTES;
+            snprintf(dc.name, sizeof dc.name, "dma_descriptor/engine/%u", DMA_DESCRIPTOR_BYTES);
+        } else {
+            dc.kind = c % 2 == 0 ? DMA_COPY_MEMCPY : DMA_COPY_ENGINE;
+            dc.frame_bytes = dma_copy_sizes[c / 2];
+            snprintf(dc.name, sizeof dc.name, "dma_copy/%s/%zu", dc.kind == DMA_COPY_MEMCPY ? "memcpy" : "engine",
+                     dc.frame_bytes);
+        }
+        char instance_name[176];
+        snprintf(instance_name, sizeof instance_name, "%s/real_time", dc.name);
+        if (!ks_gbench_selected(instance_name))
+            continue;
+        if (!dma_add(cases, &dc))
+            return ks_error_set(err, STATUS_UNSUCCESSFUL, "DMA suite case table full");
+        ks_gbench *bench = ks_gbench_register(dc.name, dma_body, &cases->cases[cases->count - 1]);
+        if (bench == NULL) {
+            skip(skip_context, dc.name, "Google Benchmark refused the registration");
+            continue;
+        }
+        ks_gbench_use_real_time(bench);
+        (*registered)++;
+    }
     return STATUS_SUCCESS;
 }
 

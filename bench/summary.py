@@ -114,6 +114,13 @@ def headlines(report):
                          "dispatch table's cost: pool_copy via table / pool_copy called directly")
     lines.append("")
     lines += versus_peers(report)
+    lines.append("")
+    lines += ratio_lines(report, "memcpy", "engine",
+                         "DMA engine's copy throughput / memcpy's (ring fed; above 1 = faster than memcpy)")
+    for group, by_allocator in ksbench.groups(report).items():
+        if group[0] == "dma_descriptor" and "engine" in by_allocator:
+            lines.append("DMA engine's per-descriptor overhead (%s B copies, ring fed): %s"
+                         % (group[1], ksbench.human_time(by_allocator["engine"].ns_per_op())))
     return lines
 
 
@@ -134,7 +141,7 @@ def summary(report, markdown=False):
     out.append("")
     out += [("    " if markdown else "") + line for line in context_lines(report)]
     out.append("")
-    out.append("Ranked by time per Allocate or Free (CPU time; wall time for threaded workloads). "
+    out.append("Ranked by time per Allocate or Free (CPU time; wall time for threaded and DMA workloads). "
                "'x bound' is the ratio to the inline free list of the same run; latencies (ns) include "
                "one timer read of %s ns; blowup = reserved_bytes / live_bytes."
                % report.context.get("ks_timer_cost_ns", "?"))
