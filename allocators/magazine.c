@@ -12,7 +12,8 @@
  *   Allocate: pop from loaded. If loaded is empty and previous full, swap them. Otherwise, at the
  *   depot, return previous (empty) to the empty list, make loaded the new previous, and load a
  *   full magazine. With no full magazine there, take one frame from the backing stack; with none
- *   there either, return NULL.
+ *   there either, purge every thread cache of the instance (below) and try the depot once more;
+ *   only then return NULL.
  *   Free: push onto loaded. If loaded is full and previous empty, swap them. Otherwise, at the
  *   depot, put previous (full) on the full list, make loaded the new previous, and load an empty
  *   magazine (creating one when the empty list is bare). If no magazine can be had (out of
@@ -25,6 +26,32 @@
  * the producer through the full list, the producer's empties reach the consumer through the
  * empty list).
  *
+ * Cache locks and the purge (Solaris kmem's cc_lock and kmem_cache_magazine_purge). A consumer
+ * that only frees keeps up to 2 * KS_MAGAZINE_ROUNDS frames in its two magazines without
+ * visiting the depot, and only it could allocate them. With one producer and C consumers,
+ * 2 * KS_MAGAZINE_ROUNDS * C >= Frames lets every free frame end up in consumers' partly filled
+ * magazines while the consumers wait for frames the producer cannot allocate: a livelock
+ * (`ksalloc run --allocator magazine --profile producer-consumer --fan-out --threads 4 --frames
+ * 64` did exactly that). So every cache has a lock, a test-and-set spinlock (acquire exchange,
+ * release store), that its owner takes around each Allocate and Free: uncontended, one atomic
+ * exchange and one plain store per operation. An Allocate that finds its magazines, the depot's
+ * full list and the backing stack all empty drops its own cache lock, takes the registry lock,
+ * the lock of every cache of the instance and then the depot lock, and moves every free frame of
+ * every cache to the depot: a full magazine onto the full list in exchange for a spare empty one
+ * when the depot has one, any other rounds onto the backing stack; each cache is left with two
+ * empty magazines. Still holding all those locks it takes its frame from the depot (a full
+ * magazine into its own cache, or a frame from the backing stack), so the frames it collected
+ * cannot be taken by another thread before its retry; with none there, it returns NULL.
+ *
+ * Lock order: magazine_registry_lock, then cache locks, then a depot lock. Only a thread holding
+ * the registry lock takes a cache lock other than its own, or more than one (a purge takes all of
+ * its instance's; a thread-exit destructor takes its own under it); an owner holds only its own
+ * cache lock and takes the depot lock under it (Allocate and Free slow paths), never the registry
+ * lock: an Allocate that must purge releases its cache lock first. A new cache is built under the
+ * depot lock alone and linked under the registry lock alone, never both. The cache lock is not a
+ * pthread mutex: once a process has a second thread, glibc's uncontended lock and unlock are two
+ * locked instructions, measured at about twice the cost of the exchange and plain store.
+ *
  * Thread caches: found with pthread_getspecific on a key the instance creates (one of the
  * process's PTHREAD_KEYS_MAX, so InitializeAllocator fails with STATUS_INSUFFICIENT_RESOURCES
  * when none is left). A cache and its magazines are heap objects that the instance can reach
@@ -36,39 +63,53 @@
  * running when DeleteAllocator deletes the key (POSIX cannot wait for it), so the destructor
  * never dereferences its argument blindly: under the registry lock it looks the pointer up among
  * the live caches and acts only on a cache that is registered and owned by the calling thread;
- * DeleteAllocator unlinks and frees caches under the same lock.
+ * DeleteAllocator unlinks and frees caches under the same lock. A purge holds the registry lock
+ * throughout, so it never meets a cache being retired or freed.
  *
- * Complexity: Allocate and Free are O(1). The fast path (loaded non-empty / non-full) is a
- * pthread_getspecific, a few loads and stores on the thread's own cache and magazine, and one
- * relaxed single-writer counter update (a plain load and store, no atomic read-modify-write, no
- * fence). Every KS_MAGAZINE_ROUNDS operations at most, a thread takes the depot mutex once.
- * Thread exit costs a walk of the registry (O(live caches in the process), once per instance the
- * thread used), as do DeleteAllocator, self_check and counters; none of them is on a hot path. A
- * Free outside the block is ignored and counted in bad_frees; in KS_DEBUG builds a pointer off a
- * frame boundary is too. A double Free inside the block is not detected: it makes two rounds of
- * one frame, which self_check reports as a duplicate.
+ * Complexity: Free is O(1); Allocate is O(1) unless it purges. The fast path (loaded non-empty /
+ * non-full) is a pthread_getspecific, the cache lock (one uncontended atomic exchange to take it,
+ * a plain release store to drop it), a few loads and stores on the thread's own cache and
+ * magazine, and one relaxed single-writer counter update (a plain load and store). Every
+ * KS_MAGAZINE_ROUNDS operations at most, a thread takes the depot mutex once. A purge happens
+ * only when the instance's depot and backing stack are both empty: it walks the registry (O(live
+ * caches in the process)) and moves at most 2 * KS_MAGAZINE_ROUNDS rounds per cache of the
+ * instance; while it runs the instance's other threads wait on their cache locks (spinning
+ * briefly, then yielding). An Allocate that returns NULL always purges first, so a refusal is
+ * that slow path, not O(1). Thread exit costs a walk of the registry (O(live caches in the
+ * process), once per instance the thread used), as do DeleteAllocator, self_check and counters;
+ * none of them is on a hot path. A Free outside the block is ignored and counted in bad_frees; in
+ * KS_DEBUG builds a pointer off a frame boundary is too. A double Free inside the block is not
+ * detected: it makes two rounds of one frame, which self_check reports as a duplicate.
  *
  * Memory: Frames * stride bytes of frames and 8 bytes a frame for the backing stack, a
- * Frames-bit bitmap for self_check, 64 bytes a thread cache and 128 bytes a magazine. A magazine
- * is created only when the depot's empty list is bare (a Free that needs one, or a new thread
- * cache), i.e. when every magazine is full in the depot or held by a live thread cache; so there
- * are never more than Frames / KS_MAGAZINE_ROUNDS + 2 * (peak live thread caches) of them. They
- * go back to the depot, not to the heap, until DeleteAllocator.
+ * Frames-bit bitmap for self_check, 128 bytes a thread cache (two cache lines: what the owner
+ * touches on every operation, lock included, and the registry fields) and 128 bytes a magazine.
+ * A magazine is created only when the depot's empty list is bare (a Free that needs one, or a new
+ * thread cache), i.e. when every magazine is full in the depot or held by a live thread cache; so
+ * there are never more than Frames / KS_MAGAZINE_ROUNDS + 2 * (peak live thread caches) of them
+ * (a purge creates none: it exchanges full magazines only for spare empty ones). They go back to
+ * the depot, not to the heap, until DeleteAllocator.
  *
- * Caps: KS_CAP_THREAD_SAFE | KS_CAP_BOUNDED. Bounded: every frame is handed out from the pool of
- * Frames. Not KS_CAP_GUARANTEED: a thread's cache holds up to 2 * KS_MAGAZINE_ROUNDS free frames
- * that only that thread can allocate, so with T threads up to 2 * KS_MAGAZINE_ROUNDS * (T - 1)
- * free frames can be out of another thread's reach (making them reachable would need the owner
- * to synchronise on every operation: atomics on the fast path). With a single thread, frames are
- * never out of reach: Allocate looks at the depot and the backing stack only when both of the
- * thread's magazines are empty, so MUST_ALLOCATE is honoured as long as one thread uses the
- * instance. self_check reads every thread's magazines, which their owners change without a lock:
- * call it only when no Allocate or Free is running (otherwise it races with them). counters reads
- * only atomics and depot fields and may be called at any time; frames_live and hits are exact
- * when the instance is quiescent, approximate (clamped at 0) while threads run.
+ * Caps: KS_CAP_THREAD_SAFE | KS_CAP_BOUNDED | KS_CAP_GUARANTEED. Bounded: every frame is handed
+ * out from the pool of Frames. Guaranteed: no free frame is ever out of reach of Allocate.
+ * Allocate returns NULL only after a purge that, at one instant, held the lock of every cache of
+ * the instance and the depot lock, emptied every cache into the depot and still found no frame
+ * there; at that instant every one of the Frames frames was live, or in a Free that had not yet
+ * taken its cache lock (or the depot lock, for a thread without a cache), frames handed out by
+ * other Allocates running at the same time counting as live. So Allocate serves whenever the
+ * frames live plus the Allocates and Frees running alongside it number fewer than Frames, which
+ * is the rule the verifier holds a capacity promise to. (Before the cache locks a thread's
+ * cache held up to 2 * KS_MAGAZINE_ROUNDS free frames only that thread could allocate, and the
+ * instance could not make this promise with more than one thread.) self_check reads every
+ * thread's magazines without their locks, and a thread building its cache holds magazines no
+ * registry walk can see yet: call it only when no Allocate or Free is running (otherwise it races
+ * with them). counters reads only atomics and depot fields and may be called at any time;
+ * frames_live and hits are exact when the instance is quiescent, approximate (clamped at 0) while
+ * threads run.
  */
 #include <limits.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -126,20 +167,24 @@ _Static_assert(sizeof(magazine) == 2 * MAGAZINE_CACHE_LINE_BYTES, "a magazine is
 
 typedef struct magazine_allocator magazine_allocator;
 
-/* One thread's cache for one instance. Written only by its owner thread (and by DeleteAllocator,
- * when no thread may call the instance). One cache line, so caches of different threads never
- * share one. */
+/* One thread's cache for one instance. loaded, previous, their magazines and the two counters
+ * change only under lock: taken by the owner around each Allocate and Free, and by a purge (under
+ * the registry lock) or the owner's destructor; DeleteAllocator frees caches without it, when no
+ * thread may call the instance. Two cache lines, the first holding everything the owner touches
+ * on every operation, so caches of different threads never share one. */
 typedef struct magazine_cache {
+    atomic_bool lock;     /* test-and-set spinlock: acquire exchange, release store */
     magazine *loaded;
     magazine *previous;   /* always full or empty */
-    atomic_ullong allocs; /* frames this cache handed out; single writer: relaxed load + store */
-    atomic_ullong frees;  /* frames freed through this cache; single writer */
-    magazine_allocator *allocator;
+    atomic_ullong allocs; /* frames this cache handed out; written under lock: relaxed load + store */
+    atomic_ullong frees;  /* frames freed through this cache; written under lock */
+    /* Set at creation, then read-only; the links change under magazine_registry_lock. */
+    _Alignas(MAGAZINE_CACHE_LINE_BYTES) magazine_allocator *allocator;
     pthread_t owner;
     struct magazine_cache *registry_prev; /* the process-wide registry, under magazine_registry_lock */
     struct magazine_cache *registry_next;
 } magazine_cache;
-_Static_assert(sizeof(magazine_cache) <= MAGAZINE_CACHE_LINE_BYTES, "a thread cache fits one cache line");
+_Static_assert(sizeof(magazine_cache) == 2 * MAGAZINE_CACHE_LINE_BYTES, "a thread cache is two cache lines");
 
 struct magazine_allocator {
     pthread_key_t key; /* this thread's magazine_cache */
@@ -164,6 +209,7 @@ struct magazine_allocator {
     uint64_t backing_allocs;  /* Allocates served from the backing stack */
     uint64_t backing_frees;   /* Frees that went to the backing stack */
     uint64_t refusals;        /* Allocates that returned NULL */
+    uint64_t purges;          /* Allocates that emptied every thread cache into the depot */
     uint64_t allocs_folded;   /* allocs of exited threads' caches, and of calls made without a cache */
     uint64_t frees_folded;
     uint64_t *seen; /* self_check's bitmap, one bit per frame */
@@ -172,18 +218,54 @@ struct magazine_allocator {
 };
 
 /* Every live thread cache of every instance, so that a key destructor can tell whether the
- * pointer it was handed is still a live cache (see the top comment). Lock order: registry,
- * then a depot. */
+ * pointer it was handed is still a live cache, and a purge can find an instance's caches (see the
+ * top comment). Lock order: registry, then cache locks, then a depot. */
 static pthread_mutex_t magazine_registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static magazine_cache *magazine_registry;
 
 /* ---- Small pieces ------------------------------------------------------------------------------ */
 
-/* A counter only its owner thread writes: a relaxed load and store, which compile to plain moves
- * (no lock prefix), and which other threads may read at any time without a data race. */
+/* A counter written only under its cache's lock: a relaxed load and store, which compile to plain
+ * moves (no lock prefix), and which other threads may read at any time without a data race. */
 static inline void magazine_count(atomic_ullong *counter)
 {
     atomic_store_explicit(counter, atomic_load_explicit(counter, memory_order_relaxed) + 1, memory_order_relaxed);
+}
+
+static inline void magazine_cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+/* The cache lock when the first exchange found it held (by a purge, or the owner when this is a
+ * purge): spin on a plain load, briefly, then yield so that a preempted holder can run. */
+static void __attribute__((noinline)) magazine_cache_lock_contended(magazine_cache *cache)
+{
+    for (unsigned spins = 0;;) {
+        while (atomic_load_explicit(&cache->lock, memory_order_relaxed)) {
+            if (++spins < 128)
+                magazine_cpu_relax();
+            else
+                sched_yield();
+        }
+        if (!atomic_exchange_explicit(&cache->lock, true, memory_order_acquire))
+            return;
+    }
+}
+
+static inline void magazine_cache_lock(magazine_cache *cache)
+{
+    if (__builtin_expect(atomic_exchange_explicit(&cache->lock, true, memory_order_acquire), 0))
+        magazine_cache_lock_contended(cache);
+}
+
+static inline void magazine_cache_unlock(magazine_cache *cache)
+{
+    atomic_store_explicit(&cache->lock, false, memory_order_release);
 }
 
 static bool magazine_owns(const magazine_allocator *allocator, const void *frame)
@@ -222,18 +304,24 @@ static magazine *magazine_depot_take_empty(magazine_allocator *allocator)
     return empty;
 }
 
-/* Depot lock held. Moves a magazine's rounds onto the backing stack and files it as empty. The
- * stack holds Frames entries, which valid frees never exceed; a round beyond that can only be a
- * frame freed twice, and is dropped and counted rather than written past the stack. */
-static void magazine_depot_spill(magazine_allocator *allocator, magazine *spilled)
+/* Depot lock held. Moves a magazine's rounds onto the backing stack. The stack holds Frames
+ * entries, which valid frees never exceed; a round beyond that can only be a frame freed twice,
+ * and is dropped and counted rather than written past the stack. */
+static void magazine_depot_unload(magazine_allocator *allocator, magazine *unloaded)
 {
-    while (spilled->rounds != 0) {
-        void *frame = spilled->round[--spilled->rounds];
+    while (unloaded->rounds != 0) {
+        void *frame = unloaded->round[--unloaded->rounds];
         if (allocator->backing_count < allocator->frames)
             allocator->backing[allocator->backing_count++] = frame;
         else
             atomic_fetch_add_explicit(&allocator->bad_frees, 1, memory_order_relaxed);
     }
+}
+
+/* Depot lock held. Moves a magazine's rounds onto the backing stack and files it as empty. */
+static void magazine_depot_spill(magazine_allocator *allocator, magazine *spilled)
+{
+    magazine_depot_unload(allocator, spilled);
     spilled->next = allocator->depot_empty;
     allocator->depot_empty = spilled;
     allocator->depot_empty_count++;
@@ -295,6 +383,7 @@ static magazine_cache *magazine_cache_create(magazine_allocator *allocator)
     if (posix_memalign(&memory, MAGAZINE_CACHE_LINE_BYTES, sizeof(magazine_cache)) != 0)
         return NULL;
     magazine_cache *cache = memset(memory, 0, sizeof(magazine_cache));
+    atomic_init(&cache->lock, false);
     atomic_init(&cache->allocs, 0);
     atomic_init(&cache->frees, 0);
     cache->allocator = allocator;
@@ -325,7 +414,8 @@ static inline magazine_cache *magazine_cache_of(magazine_allocator *allocator)
     return cache != NULL ? cache : magazine_cache_create(allocator);
 }
 
-/* Both locks held. Returns the cache's magazines and counts to the depot and frees the cache. */
+/* Registry and depot locks held (and the cache's, which is freed with it). Returns the cache's
+ * magazines and counts to the depot and frees the cache. */
 static void magazine_cache_retire(magazine_cache *cache)
 {
     magazine_allocator *allocator = cache->allocator;
@@ -348,6 +438,7 @@ static void magazine_thread_exit(void *value)
         cache = cache->registry_next;
     if (cache != NULL) {
         magazine_allocator *allocator = cache->allocator;
+        magazine_cache_lock(cache); /* uncontended: only a purge, which needs the registry lock, could hold it */
         pthread_mutex_lock(&allocator->depot_lock);
         magazine_cache_retire(cache);
         pthread_mutex_unlock(&allocator->depot_lock);
@@ -482,34 +573,88 @@ static void magazine_depot_break_full(magazine_allocator *allocator)
         magazine_depot_spill(allocator, full);
 }
 
-/* Allocate when the loaded magazine is empty (or the thread has no cache). */
-static void *magazine_allocate_slow(magazine_allocator *allocator, magazine_cache *cache)
+/* Depot lock held, and the cache's lock when there is a cache. A frame from the depot: a full
+ * magazine loaded into the cache (with its previous, empty, given back), else a frame from the
+ * backing stack; NULL when both are bare. Counts nothing on failure. */
+static void *magazine_depot_allocate(magazine_allocator *allocator, magazine_cache *cache)
 {
-    if (cache != NULL && cache->previous->rounds == KS_MAGAZINE_ROUNDS) {
-        magazine_swap(cache);
-        return cache->loaded->round[--cache->loaded->rounds];
-    }
-    void *frame = NULL;
-    pthread_mutex_lock(&allocator->depot_lock);
     magazine *full = cache != NULL ? magazine_depot_take_full(allocator) : NULL;
     if (full != NULL) {
         magazine_depot_put(allocator, cache->previous); /* empty */
         cache->previous = cache->loaded;                /* empty */
         cache->loaded = full;
         allocator->alloc_exchanges++;
-        frame = full->round[--full->rounds];
-    } else {
-        if (cache == NULL && allocator->backing_count == 0)
-            magazine_depot_break_full(allocator);
-        if (allocator->backing_count != 0) {
-            frame = allocator->backing[--allocator->backing_count];
-            allocator->backing_allocs++;
-            allocator->allocs_folded += cache == NULL;
-        } else {
-            allocator->refusals++;
-        }
+        return full->round[--full->rounds];
     }
+    if (cache == NULL && allocator->backing_count == 0)
+        magazine_depot_break_full(allocator);
+    if (allocator->backing_count == 0)
+        return NULL;
+    allocator->backing_allocs++;
+    allocator->allocs_folded += cache == NULL;
+    return allocator->backing[--allocator->backing_count];
+}
+
+/* Allocate when the loaded magazine is empty (or the thread has no cache); the cache's lock held
+ * when there is a cache. NULL when the depot is bare too: the caller then purges. */
+static void *magazine_allocate_slow(magazine_allocator *allocator, magazine_cache *cache)
+{
+    if (cache != NULL && cache->previous->rounds == KS_MAGAZINE_ROUNDS) {
+        magazine_swap(cache);
+        return cache->loaded->round[--cache->loaded->rounds];
+    }
+    pthread_mutex_lock(&allocator->depot_lock);
+    void *frame = magazine_depot_allocate(allocator, cache);
     pthread_mutex_unlock(&allocator->depot_lock);
+    return frame;
+}
+
+/* Depot lock and the cache's lock held. Empties one of the cache's magazines into the depot: a
+ * full one is exchanged for a spare empty magazine (no allocation under the locks), any other
+ * rounds go to the backing stack. */
+static void magazine_purge_magazine(magazine_allocator *allocator, magazine **held)
+{
+    magazine *purged = *held;
+    if (purged->rounds == KS_MAGAZINE_ROUNDS && allocator->depot_empty != NULL) {
+        *held = magazine_depot_take_empty(allocator); /* the list head: never allocates */
+        magazine_depot_put(allocator, purged);         /* full: onto the full list */
+    } else {
+        magazine_depot_unload(allocator, purged);
+    }
+}
+
+/* Allocate found its magazines, the depot's full list and the backing stack empty. Called with no
+ * lock held. Purges every cache of the instance into the depot (kmem_cache_magazine_purge) and
+ * takes a frame from the depot while still holding every cache lock and the depot lock, so that
+ * no frame was out of reach and none of those collected can be taken first. NULL only when, at
+ * that instant, every frame of the pool was live (or on its way back in a Free that had not yet
+ * taken its lock). Lock order: registry, every cache of the instance, depot. */
+static void *magazine_allocate_purged(magazine_allocator *allocator, magazine_cache *self)
+{
+    pthread_mutex_lock(&magazine_registry_lock);
+    for (magazine_cache *cache = magazine_registry; cache != NULL; cache = cache->registry_next)
+        if (cache->allocator == allocator)
+            magazine_cache_lock(cache);
+    pthread_mutex_lock(&allocator->depot_lock);
+    for (magazine_cache *cache = magazine_registry; cache != NULL; cache = cache->registry_next) {
+        if (cache->allocator != allocator)
+            continue;
+        magazine_purge_magazine(allocator, &cache->loaded);
+        magazine_purge_magazine(allocator, &cache->previous);
+    }
+    allocator->purges++;
+    /* self, when not NULL, is registered (linked right after pthread_setspecific succeeded, and
+     * unlinked only by its own thread's exit or DeleteAllocator), so its lock is held here. */
+    void *frame = magazine_depot_allocate(allocator, self);
+    if (frame == NULL)
+        allocator->refusals++;
+    else if (self != NULL)
+        magazine_count(&self->allocs);
+    pthread_mutex_unlock(&allocator->depot_lock);
+    for (magazine_cache *cache = magazine_registry; cache != NULL; cache = cache->registry_next)
+        if (cache->allocator == allocator)
+            magazine_cache_unlock(cache);
+    pthread_mutex_unlock(&magazine_registry_lock);
     return frame;
 }
 
@@ -517,16 +662,23 @@ static PVOID magazine_allocate(PVOID context)
 {
     magazine_allocator *allocator = context;
     magazine_cache *cache = magazine_cache_of(allocator);
-    if (cache == NULL)
-        return magazine_allocate_slow(allocator, NULL);
+    if (cache == NULL) {
+        void *frame = magazine_allocate_slow(allocator, NULL);
+        return frame != NULL ? frame : magazine_allocate_purged(allocator, NULL);
+    }
+    magazine_cache_lock(cache);
     magazine *loaded = cache->loaded;
     void *frame = loaded->rounds != 0 ? loaded->round[--loaded->rounds] : magazine_allocate_slow(allocator, cache);
     if (frame != NULL)
         magazine_count(&cache->allocs);
+    magazine_cache_unlock(cache);
+    if (__builtin_expect(frame == NULL, 0))
+        frame = magazine_allocate_purged(allocator, cache); /* takes the cache lock again, after the registry's */
     return frame;
 }
 
-/* Free when the loaded magazine is full (or the thread has no cache). */
+/* Free when the loaded magazine is full (or the thread has no cache); the cache's lock held when
+ * there is a cache. */
 static void magazine_free_slow(magazine_allocator *allocator, magazine_cache *cache, void *frame)
 {
     if (cache != NULL && cache->previous->rounds == 0) {
@@ -566,12 +718,14 @@ static void magazine_free(PVOID context, PVOID buffer)
         magazine_free_slow(allocator, NULL, buffer);
         return;
     }
+    magazine_cache_lock(cache);
     magazine *loaded = cache->loaded;
     if (loaded->rounds != KS_MAGAZINE_ROUNDS)
         loaded->round[loaded->rounds++] = buffer;
     else
         magazine_free_slow(allocator, cache, buffer);
     magazine_count(&cache->frees);
+    magazine_cache_unlock(cache);
 }
 
 /* ---- self_check and counters ------------------------------------------------------------------- */
@@ -746,6 +900,7 @@ static size_t magazine_counters(PVOID context, ks_counter *out, size_t max_count
         {"backing_allocs", allocator->backing_allocs},
         {"backing_frees", allocator->backing_frees},
         {"refusals", allocator->refusals},
+        {"purges", allocator->purges},
         {"magazines", allocator->magazines},
         {"depot_full", allocator->depot_full_count},
         {"thread_caches", caches},
@@ -771,7 +926,7 @@ const ks_allocator_entry ks_allocator_magazine = {
     .struct_bytes = sizeof(ks_allocator_entry),
     .name = "magazine",
     .description = "Bonwick per-thread magazines over a locked depot, in front of a fixed pool of Frames",
-    .caps = KS_CAP_THREAD_SAFE | KS_CAP_BOUNDED,
+    .caps = KS_CAP_THREAD_SAFE | KS_CAP_BOUNDED | KS_CAP_GUARANTEED,
     .max_frame_bytes = KS_MAGAZINE_MAX_FRAME_BYTES,
     .max_align_bytes = KS_MAGAZINE_MAX_ALIGN_BYTES,
     .dispatch = &magazine_dispatch,
