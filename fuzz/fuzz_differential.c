@@ -69,6 +69,7 @@ static size_t open_members(diff_run *run, const uint8_t *data, size_t size)
                       "the config of '%s' took %zu bytes, another took %zu: the decoder must not depend on the entry",
                       entry->name, reader.offset, config_end);
         config_end = reader.offset;
+        ks_decode_fit_heaps(&member->config, size - reader.offset);
         member->entry = &member->capped;
         if (ks_fuzz_engine_open(&member->config, run->verifier, &member->engine))
             run->member_count++;

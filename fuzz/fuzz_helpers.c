@@ -125,6 +125,7 @@ void ks_fuzz_run_allocator_input(const uint8_t *data, size_t size, const ks_allo
     const ks_allocator_entry *const entries[] = {ks_fuzz_capped_entry(entry, &capped)};
     ks_workload_config config;
     ks_decode_config(&reader, entries, 1, &config);
+    ks_decode_fit_heaps(&config, size - reader.offset);
     ks_verifier *verifier = ks_fuzz_verifier_create();
     ks_engine *engine = NULL;
     if (ks_fuzz_engine_open(&config, verifier, &engine)) {

@@ -27,21 +27,8 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 
-/* The verifier's periodic self-check cadence in every fuzz run (it also runs at every
- * DeleteAllocator); `ksalloc replay --fuzz-input` uses the same value so that a self-check fault
- * reproduces there too. Measured: after every op, buddy's self-check (a walk of the whole
- * arena) took 70% of the time of fuzz_alloc_buddy; every 16 ops keeps a corrupting op within
- * 16 ops of its detection. */
-#define KS_FUZZ_SELF_CHECK_EVERY_OPS 16u
-
-/* FrameSize cap of every fuzz run (the decoder's table reaches 1 MiB): a page plus 4 bytes, so
- * the page and page-plus-a-bit edges stay in reach. Measured (make fuzz, ASan, this machine):
- * uncapped, pool ran ~40 inputs/s, nearly all of it faulting in fresh pages (ASan maps every
- * large block anew) and writing/checking the verifier's per-frame patterns, O(FrameSize) per op;
- * at 64 KiB ~100-200/s. Larger frames are covered by the profiles in `make test`. Applied by
- * lowering the entry's max_frame_bytes, which ks_decode_config clamps to;
- * `ksalloc replay --fuzz-input` applies the same cap, so inputs replay identically. */
-#define KS_FUZZ_MAX_FRAME_BYTES 4100u
+/* KS_FUZZ_SELF_CHECK_EVERY_OPS and KS_FUZZ_MAX_FRAME_BYTES: harness/workload.h (shared with
+ * `ksalloc replay --fuzz-input`). */
 
 /* A copy of entry whose max_frame_bytes is at most KS_FUZZ_MAX_FRAME_BYTES; decode against it.
  * Returns copy. */
@@ -77,6 +64,7 @@ void ks_fuzz_engine_step(ks_engine *engine, const ks_op *op, bool *allocated);
 
 /* Closes the engine (frees what is live, deletes every instance); an error aborts. */
 void ks_fuzz_engine_close(ks_engine *engine);
+
 
 /* The allocator input format above, run on entry with a fresh verifier. */
 void ks_fuzz_run_allocator_input(const uint8_t *data, size_t size, const ks_allocator_entry *entry);

@@ -197,3 +197,45 @@ bool ks_decode_op(ks_byte_reader *reader, const ks_live_view *view, ks_op *op)
     }
     return true;
 }
+
+/* ---- Fitting the heaps to the input (workload.h) ------------------------------------------- */
+
+#define FIT_CONTROL_SLACK_BYTES ((size_t)64 << 10)
+#define FIT_FRAME_SLACK_BYTES 64u
+
+static size_t ceil_pow2(size_t value)
+{
+    size_t power = 1;
+    while (power < value)
+        power <<= 1;
+    return power;
+}
+
+void ks_decode_fit_heaps(ks_workload_config *config, size_t op_bytes)
+{
+    for (unsigned h = 0; h < config->heap_count; h++) {
+        size_t largest = 0, reserved = 0;
+        for (unsigned i = 0; i < config->pin_count; i++) {
+            const ks_pin_config *pin = &config->pins[i];
+            if (pin->heap_index != (int)h)
+                continue;
+            /* 0 asks for the allocator's default, which it writes back: count the most it can be
+             * (the fuzz FrameSize cap is above every default FrameSize, KS_DECODE_FIT_DEFAULT_FRAMES above
+             * every default Frames). */
+            size_t frame_bytes = pin->framing.FrameSize != 0 ? pin->framing.FrameSize : KS_FUZZ_MAX_FRAME_BYTES;
+            size_t need = frame_bytes + pin->framing.FileAlignment + FIT_FRAME_SLACK_BYTES;
+            largest = need > largest ? need : largest;
+            if (pin->framing.RequirementsFlags & KSALLOCATOR_REQUIREMENTF_MUST_ALLOCATE)
+                reserved += pin->framing.Frames != 0 ? pin->framing.Frames : KS_DECODE_FIT_DEFAULT_FRAMES;
+        }
+        if (largest == 0)
+            continue; /* no pin on it: leave it as decoded */
+        size_t slot = 2 * ceil_pow2(largest);
+        size_t slots = op_bytes + reserved + 2; /* + the two ends lost to block alignment */
+        if (slots > config->heap_bytes[h] / slot)
+            continue; /* could need it all */
+        size_t fitted = slots * slot + FIT_CONTROL_SLACK_BYTES;
+        if (fitted < config->heap_bytes[h])
+            config->heap_bytes[h] = fitted;
+    }
+}

@@ -139,6 +139,38 @@ bool ks_reader_done(const ks_byte_reader *reader);
  * i) from the head of the input. Framings stay within what each entry says it serves. */
 void ks_decode_config(ks_byte_reader *reader, const ks_allocator_entry *const *entries, size_t entry_count,
                       ks_workload_config *config);
+/* What a fuzz run decodes with, shared by the fuzz targets (fuzz/fuzz_helpers.c) and `ksalloc
+ * replay --fuzz-input`, so that an input replays exactly as it ran:
+ * KS_FUZZ_SELF_CHECK_EVERY_OPS, the verifier's periodic self-check cadence (it also runs at
+ * every DeleteAllocator). Measured: after every op, buddy's self-check (a walk of the whole
+ * arena) took 70% of fuzz_alloc_buddy's time; every 16 ops keeps a corrupting op within 16 ops
+ * of its detection.
+ * KS_FUZZ_MAX_FRAME_BYTES, the FrameSize cap (the decoder's table reaches 1 MiB): a page plus 4
+ * bytes, so the page and page-plus-a-bit edges stay in reach. Measured (make fuzz, ASan):
+ * uncapped, pool ran ~40 inputs/s, nearly all of it faulting in fresh pages and writing and
+ * checking the verifier's patterns; at 64 KiB ~100-200/s. Larger frames are covered by the
+ * profiles in `make test`. Applied by lowering the entry's max_frame_bytes, which
+ * ks_decode_config clamps to. */
+#define KS_FUZZ_SELF_CHECK_EVERY_OPS 16u
+#define KS_FUZZ_MAX_FRAME_BYTES 4100u
+
+/* Shrinks the shared heaps of a decoded config to what op_bytes more input bytes can use, never
+ * growing one. ks_decode_config gives heap 0 a fixed 8 MiB whatever the input; an allocator
+ * that manages the region (buddy, tlsf) then builds, walks at every self-check and tears down
+ * control data for all of it on every input (measured: buddy's self-check walk of the 8 MiB map
+ * was 60% of fuzz_alloc_buddy's time). The bound keeps every allocation outcome: at most
+ * op_bytes ALLOCATE ops can follow (each op takes at least one byte), a MUST_ALLOCATE pin may
+ * set aside its Frames at InitializeAllocator (0 counts as KS_DECODE_FIT_DEFAULT_FRAMES, and a
+ * FrameSize of 0 as KS_FUZZ_MAX_FRAME_BYTES), and each of them gets a slot of twice the largest
+ * pin's FrameSize + alignment + 64 rounded up to a power of two, plus 64 KiB of control slack; a
+ * heap that size cannot run out where the 8 MiB one would not (in buddy each live frame spoils at
+ * most one block of any order; in TLSF some free gap stays at least twice the largest request),
+ * and an input that could exhaust 8 MiB keeps 8 MiB. Checked by running 9,664 buddy and 13,480
+ * tlsf fuzz inputs on both heap sizes: no allocation outcome differed. Call it right after
+ * ks_decode_config with the bytes left. */
+#define KS_DECODE_FIT_DEFAULT_FRAMES 1024u
+void ks_decode_fit_heaps(ks_workload_config *config, size_t op_bytes);
+
 /* Decodes one op valid for view; false once the input is used up. DMA ops only when view->dma;
  * without a device the byte-to-op mapping is the one it always was, so old corpora decode alike.
  * ks_decode_config reads one more byte, choosing the device's options, only when some entry has

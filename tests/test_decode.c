@@ -399,3 +399,89 @@ Test(decode_config, a_dma_entry_gets_device_options_and_others_none)
     ks_decode_config(&reader, plain_entries, 1, &config);
     cr_assert_eq(config.dma_options[0], '\0');
 }
+
+/* ---- ks_decode_fit_heaps ------------------------------------------------------------------ */
+
+#include "catalogue.h"
+
+/* Runs the decoded ops of one input on engine a (the fitted heap) and engine b (the decoder's
+ * 8 MiB) in lock step; false, with the op index, at the first Allocate whose outcome differs. */
+static bool same_outcomes(ks_engine *a, ks_engine *b, ks_byte_reader *reader, unsigned *diverged_at)
+{
+    ks_live_view view;
+    ks_op op;
+    for (unsigned index = 0; index < 400; index++) {
+        ks_engine_view(a, &view);
+        if (!ks_decode_op(reader, &view, &op))
+            return true;
+        bool got_a = false, got_b = false;
+        cr_assert_eq(ks_engine_step(a, &op, &got_a, NULL), STATUS_SUCCESS);
+        cr_assert_eq(ks_engine_step(b, &op, &got_b, NULL), STATUS_SUCCESS);
+        if (got_a != got_b) {
+            *diverged_at = index;
+            return false;
+        }
+    }
+    return true;
+}
+
+/* The fitted heap is what lets fuzz_alloc_buddy skip walking 8 MiB: it must never change an
+ * allocation's outcome. Random inputs against the real buddy and tlsf, both heap sizes. */
+Test(decode_fit_heaps, fitted_heaps_give_the_same_outcomes_as_8_mib, .timeout = 120)
+{
+    const char *const names[] = {"buddy", "tlsf"};
+    xoshiro rng;
+    xoshiro_seed(&rng, 9);
+    unsigned shrunk = 0;
+    for (int round = 0; round < 600; round++) {
+        ks_allocator_entry capped = *ks_catalogue_find(names[round % 2]);
+        capped.max_frame_bytes = KS_FUZZ_MAX_FRAME_BYTES;
+        const ks_allocator_entry *entries[] = {&capped};
+        uint8_t bytes[160];
+        for (size_t i = 0; i < sizeof bytes; i++)
+            bytes[i] = (uint8_t)xoshiro_next(&rng);
+        bytes[0] |= 0x03; /* several pins, so that they share the heap more often */
+        ks_byte_reader reader = {.data = bytes, .size_bytes = sizeof bytes};
+        ks_workload_config wide, fitted;
+        ks_decode_config(&reader, entries, 1, &wide);
+        if (wide.heap_count == 0)
+            continue;
+        fitted = wide;
+        ks_decode_fit_heaps(&fitted, sizeof bytes - reader.offset);
+        cr_assert_leq(fitted.heap_bytes[0], wide.heap_bytes[0], "a heap never grows");
+        if (fitted.heap_bytes[0] == wide.heap_bytes[0])
+            continue;
+        shrunk++;
+        ks_engine *a = NULL, *b = NULL;
+        ks_engine_options options = {0};
+        if (!NT_SUCCESS(ks_engine_open(&fitted, &options, &a, NULL)))
+            continue; /* the framing itself is refused: the same for both, nothing to compare */
+        cr_assert_eq(ks_engine_open(&wide, &options, &b, NULL), STATUS_SUCCESS, "round %d: only the fitted opened",
+                     round);
+        unsigned at = 0;
+        ks_byte_reader ops_a = reader;
+        bool same = same_outcomes(a, b, &ops_a, &at);
+        ks_engine_close(a, NULL);
+        ks_engine_close(b, NULL);
+        cr_assert(same, "round %d (%s): heap %zu vs %zu bytes: op %u's Allocate differs", round, names[round % 2],
+                  fitted.heap_bytes[0], wide.heap_bytes[0], at);
+    }
+    cr_assert_gt(shrunk, 100u, "too few inputs exercised a fitted heap (%u)", shrunk);
+}
+
+Test(decode_fit_heaps, an_input_that_could_fill_8_mib_keeps_it)
+{
+    ks_workload_config config;
+    memset(&config, 0, sizeof config);
+    config.pin_count = 1;
+    config.heap_count = 1;
+    config.heap_bytes[0] = (size_t)8 << 20;
+    config.pins[0].heap_index = 0;
+    config.pins[0].framing.FrameSize = 4096;
+    ks_decode_fit_heaps(&config, 100);
+    cr_assert_lt(config.heap_bytes[0], (size_t)8 << 20, "100 ops of 4 KiB frames do not need 8 MiB");
+    cr_assert_geq(config.heap_bytes[0], (size_t)100 * 8192, "each possible frame keeps a slot");
+    config.heap_bytes[0] = (size_t)8 << 20;
+    ks_decode_fit_heaps(&config, 5000);
+    cr_assert_eq(config.heap_bytes[0], (size_t)8 << 20, "5000 ops of 4 KiB frames could fill it");
+}

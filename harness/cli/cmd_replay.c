@@ -20,11 +20,6 @@
 #include "cli.h"
 #include "trace.h"
 
-/* fuzz/fuzz_helpers.h: KS_FUZZ_SELF_CHECK_EVERY_OPS. Kept equal so a self-check fault a fuzzer
- * found reproduces here. */
-#define REPLAY_FUZZ_SELF_CHECK_EVERY_OPS 16u
-/* fuzz/fuzz_helpers.h: KS_FUZZ_MAX_FRAME_BYTES, the FrameSize cap the fuzz targets decode with. */
-#define REPLAY_FUZZ_MAX_FRAME_BYTES 4100u
 /* A fuzz input larger than this is not one a fuzzer wrote (their max_len is a few KiB). */
 #define REPLAY_FUZZ_INPUT_MAX_BYTES ((size_t)64 << 20)
 
@@ -217,7 +212,7 @@ static int replay_fuzz_input(const replay_options *opts)
     ks_verifier *verifier = NULL;
     ks_engine *engine = NULL;
     ks_cli_fault_printer printer = {.max_printed = opts->max_faults};
-    ks_verifier_options vopts = {.self_check_every_ops = REPLAY_FUZZ_SELF_CHECK_EVERY_OPS,
+    ks_verifier_options vopts = {.self_check_every_ops = KS_FUZZ_SELF_CHECK_EVERY_OPS,
                                  .on_fault = ks_cli_print_fault, .on_fault_arg = &printer};
     int exit_code = KS_EXIT_ERROR;
     if (!NT_SUCCESS(read_fuzz_input(opts->path, &data, &size_bytes, &err)) ||
@@ -225,12 +220,13 @@ static int replay_fuzz_input(const replay_options *opts)
         (opts->verify && !NT_SUCCESS(ks_verifier_create(&vopts, &verifier, &err))))
         goto out;
     ks_allocator_entry capped = *entry;
-    if (capped.max_frame_bytes == 0 || capped.max_frame_bytes > REPLAY_FUZZ_MAX_FRAME_BYTES)
-        capped.max_frame_bytes = REPLAY_FUZZ_MAX_FRAME_BYTES;
+    if (capped.max_frame_bytes == 0 || capped.max_frame_bytes > KS_FUZZ_MAX_FRAME_BYTES)
+        capped.max_frame_bytes = KS_FUZZ_MAX_FRAME_BYTES;
     const ks_allocator_entry *const entries[] = {&capped};
     ks_byte_reader reader = {.data = data, .size_bytes = size_bytes, .offset = 0};
     ks_workload_config config;
     ks_decode_config(&reader, entries, 1, &config);
+    ks_decode_fit_heaps(&config, size_bytes - reader.offset);
     exit_code = open_fuzz_engine(&config, verifier, &engine, &err);
     if (exit_code >= 0)
         goto out;
