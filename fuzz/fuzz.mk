@@ -24,7 +24,7 @@
 
 FUZZ_ALLOCATORS := $(shell sed -n 's/^[[:space:]]*&ks_allocator_\([A-Za-z0-9_]*\),.*/\1/p' harness/catalogue.c)
 FUZZ_ALLOC_TARGETS := $(addprefix fuzz_alloc_,$(FUZZ_ALLOCATORS))
-FUZZ_OTHER_TARGETS := fuzz_differential fuzz_plugin fuzz_trace fuzz_plugin_entry
+FUZZ_OTHER_TARGETS := fuzz_differential fuzz_plugin fuzz_trace fuzz_plugin_entry fuzz_dma
 FUZZ_TARGETS := $(FUZZ_ALLOC_TARGETS) $(FUZZ_OTHER_TARGETS)
 
 FUZZ_SECONDS ?= 10

@@ -18,6 +18,8 @@
 # format (one pin churning; four pins of mixed framings on one shared heap) -- note that these
 # already trip some mutants on their first execution.
 # Each mutant opens with `Bug:` (one line on its bug) and `Expect:` (the fault class it commits).
+# A DMA mutant (KS_CAP_DMA; mutant_dma_*) is driven with a device and DMA ops; a DMA failure is a
+# fault of class dma-<rule> (the first DMA-debug report), dma-data or dma-device (zoo_run.h).
 # The fuzz target is fuzz/mutants/zoo_fuzz.c (engine + verifier, two threads for thread-safe
 # plugins); ZOO_FUZZER=path runs another libFuzzer binary that takes the plugin from
 # KSALLOC_FUZZ_PLUGIN instead (e.g. fuzz/fuzz_plugin.c's build). Mutants and the ksalloc library
@@ -84,18 +86,18 @@ $(ZOO_FUZZ_BIN): $(ZOO_BUILD)/obj/zoo/zoo_fuzz.o $(ZOO_BUILD)/obj/zoo/zoo_run.o 
 	$(Q)$(ZOO_CC) -fsanitize=fuzzer -rdynamic -pthread $^ $(LIBS) -o $@
 
 # Built the way README.md tells users to build a plugin, plus coverage hooks.
-$(ZOO_BUILD)/mutants/%.so: fuzz/mutants/%.c harness/ksalloc.h
+$(ZOO_BUILD)/mutants/%.so: fuzz/mutants/%.c harness/ksalloc.h harness/dma/dma.h
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  SO [zoo] $@")
 	$(Q)$(ZOO_CC) $(CSTD) $(WARN) -O1 -g -fPIC -shared -pthread $(ZOO_SANCOV) -Iharness -o $@ $<
 
-$(ZOO_BUILD)/control/%.so: fuzz/mutants/%.c harness/ksalloc.h
+$(ZOO_BUILD)/control/%.so: fuzz/mutants/%.c harness/ksalloc.h harness/dma/dma.h
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  SO [zoo] $@ (fixed)")
 	$(Q)$(ZOO_CC) $(CSTD) $(WARN) -DZOO_FIXED -O1 -g -fPIC -shared -pthread $(ZOO_SANCOV) -Iharness -o $@ $<
 
 # ---- zoo-replay (current MODE, $(CC)) ----------------------------------------------------------
-$(BUILD)/lib/zoo/%.so: fuzz/mutants/%.c harness/ksalloc.h
+$(BUILD)/lib/zoo/%.so: fuzz/mutants/%.c harness/ksalloc.h harness/dma/dma.h
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  SO [$(MODE)] $@")
 	$(Q)$(CC) $(CSTD) $(WARN) -fPIC -shared -pthread -Iharness $(MODE_FLAGS_$(MODE)) -o $@ $<

@@ -4,7 +4,8 @@
  *   zoo-replay [--tries N] PLUGIN.so EXPECTED_KIND FILE...
  *
  * Each FILE is run through ks_zoo_run (the zoo fuzz target's own path) against the plugin and
- * must produce a verifier fault whose first kind is EXPECTED_KIND ("double-handout", ...). A
+ * must produce a fault whose first class is EXPECTED_KIND ("double-handout", ..., or for a DMA
+ * allocator's DMA failure "dma-<rule>", "dma-data", "dma-device"; see zoo_run.h). A
  * single-threaded input is deterministic and needs one try; a thread race may need several, so
  * a file is retried up to N times (default 1) until it faults with EXPECTED_KIND (a race can
  * also show another symptom on some interleavings; those tries are counted, not failed). Exit 0 when every file faulted
@@ -68,7 +69,7 @@ static int replay_file(const ks_allocator_entry *entry, const char *expected, co
         }
         if (result.fault_count == 0)
             continue;
-        const char *found = ks_fault_kind_name(result.first_fault.kind);
+        const char *found = result.first_class; /* a verifier kind, or dma-<rule> / dma-data / dma-device */
         verdict = strcmp(found, expected) != 0;
         if (verdict && attempt < tries) {
             other_faults++;

@@ -9,6 +9,14 @@
  * own op list decoded deterministically from the input (the interleaving is the scheduler's, so
  * a racy allocator shows up as verifier faults with high probability, not certainty).
  * No state survives between calls.
+ *
+ * DMA. For a KS_CAP_DMA entry the decoder adds a device byte (ks_decode_config); the zoo reads one
+ * more byte right after the config: 0 (mod 4) keeps the decoded device, 1-3 pick one of the zoo's
+ * own devices without scatter/gather and with a boundary (which the decoder's table lacks, and
+ * without which a frame straddling the boundary is legal: a scatter/gather device takes it split).
+ * Entries without KS_CAP_DMA read no such byte, so their inputs decode as before. An engine step
+ * that fails for DMA reasons (a DMA-debug report, stale data, a device fault) is a fault of the
+ * run (see first_class), not a harness error.
  */
 #ifndef KS_ZOO_RUN_H
 #define KS_ZOO_RUN_H
@@ -25,6 +33,12 @@ typedef struct ks_zoo_result {
     ks_fault faults[8];   /* the first few, in the order found */
     unsigned faults_kept;
     unsigned phase;       /* 1 = single-threaded engine run, 2 = two-thread run; where the first fault was */
+    /* The first fault's class: a verifier kind name ("double-handout"), or for a DMA failure of
+     * the engine (a KS_CAP_DMA allocator) "dma-<rule>" naming the first DMA-debug report
+     * ("dma-frame-mismatch"), "dma-data" (stale or wrong data) or "dma-device" (a device fault
+     * that was not injected). A DMA failure is kept as a fault of kind KS_FAULT_NONE whose message
+     * starts with the class. */
+    char first_class[48];
 } ks_zoo_result;
 
 /* Runs the input. Returns STATUS_SUCCESS when the run itself could be carried out (faults are
