@@ -110,13 +110,15 @@ $(BUILD)/obj $(BUILD)/lib $(BUILD)/bin:
 # The suite runs in the release build and under ASan+UBSan. Criterion prints its own synthesis
 # line per run; tests/run-suite prints the combined "N passed, N failed" line. Then every
 # checked-in fuzz corpus replays in both modes (fuzz/fuzz.mk: a past crash stays fixed), and the
-# bug zoo's crash inputs replay against their mutants (fuzz/zoo.mk: each must still be caught).
+# bug zoo's crash inputs replay against their mutants (fuzz/zoo.mk: each must still be caught),
+# and the multi-threaded stress runs under TSan (tests/stress/: Criterion cannot start under TSan).
 TEST_MODES ?= release asan
 test: deps
 	$(Q)for m in $(TEST_MODES); do $(MAKE) --no-print-directory MODE=$$m all || exit 1; done
 	$(Q)tests/run-suite $(TEST_MODES)
 	$(Q)for m in $(TEST_MODES); do $(MAKE) --no-print-directory MODE=$$m fuzz-replay || exit 1; done
 	$(Q)$(MAKE) --no-print-directory MODE=release zoo-replay
+	$(Q)$(MAKE) --no-print-directory stress
 
 # ---- fuzz targets, corpus replay, OSS-Fuzz build, AFL++ (fuzz/fuzz.mk) --------------------------
 include fuzz/fuzz.mk
