@@ -81,6 +81,30 @@ def empty_figure(out_dir, stem, message):
     save(figure, out_dir, stem)
 
 
+def legend_of_all(axes, **kwargs):
+    """One legend, on the first panel, naming every allocator drawn on any panel (the DMA panels
+    have entries the others lack)."""
+    handles, labels = [], []
+    for axis in axes:
+        for handle, label in zip(*axis.get_legend_handles_labels()):
+            if label not in labels:
+                handles.append(handle)
+                labels.append(label)
+    if handles:
+        axes[0].legend(handles, labels, **kwargs)
+
+
+def unit_label(workload):
+    """What one op of a workload is, for the y axis."""
+    if workload in ("dma_capture", "dma_render"):
+        return "ns per frame (Allocate, device op, Free)"
+    if workload == "dma_copy":
+        return "ns per 64 KiB / 1 MiB copy"
+    if workload == "dma_descriptor":
+        return "ns per descriptor"
+    return "ns per Allocate or Free"
+
+
 def plot_throughput(report, out_dir, palette):
     by_workload = {}
     for bench in report.measured():
@@ -107,10 +131,10 @@ def plot_throughput(report, out_dir, palette):
         axis.set_xticks(range(len(sizes)))
         axis.set_xticklabels([ksbench.human_bytes(int(s)) if s.isdigit() else s for s in sizes])
         axis.set_yscale("log")
-        axis.set_ylabel("ns per Allocate or Free")
+        axis.set_ylabel(unit_label(workload))
         axis.set_title(workload)
         axis.grid(axis="y", which="both", alpha=0.3)
-    axes[0].legend(fontsize=7, ncol=2)
+    legend_of_all(axes, fontsize=7, ncol=2)
     save(figure, out_dir, "throughput")
 
 
@@ -152,7 +176,7 @@ def plot_latency(report, out_dir, palette):
         size = chosen[workload]
         axis.set_title("%s, %s" % (workload, ksbench.human_bytes(int(size)) if size.isdigit() else size))
         axis.grid(which="both", alpha=0.3)
-    axes[0].legend(fontsize=7, ncol=2)
+    legend_of_all(axes, fontsize=7, ncol=2)
     save(figure, out_dir, "latency")
 
 
@@ -175,7 +199,7 @@ def plot_scaling(report, out_dir, palette):
         axis.set_title("%s, %s" % (key[0], ksbench.human_bytes(int(key[1])) if key[1].isdigit() else key[1]))
         axis.grid(alpha=0.3)
         axis.set_xticks(sorted({b.threads for benches in series[key].values() for b in benches}))
-    axes[0].legend(fontsize=7, ncol=2)
+    legend_of_all(axes, fontsize=7, ncol=2)
     save(figure, out_dir, "scaling")
 
 
