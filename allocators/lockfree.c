@@ -77,6 +77,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "framing.h"
 #include "ksalloc.h"
 
 /* Frames when the pin names none; written back into the framing. */
@@ -143,25 +144,16 @@ static uint32_t lockfree_tag(unsigned long long head)
     return (uint32_t)(head >> 32);
 }
 
-/* Settles the framing: defaults written back, limits enforced. Touches the framing only on
- * success so that a refused request leaves the caller's copy as it was. */
-static NTSTATUS lockfree_settle_framing(KSALLOCATOR_FRAMING *framing, size_t *stride_bytes)
-{
-    if (!ks_framing_align_valid(framing) || ks_framing_align_bytes(framing) > KS_LOCKFREE_MAX_ALIGN_BYTES)
-        return STATUS_INVALID_PARAMETER;
-    ULONG frames = framing->Frames != 0 ? framing->Frames : KS_LOCKFREE_DEFAULT_FRAMES;
-    ULONG frame_bytes = framing->FrameSize != 0 ? framing->FrameSize : KS_LOCKFREE_DEFAULT_FRAME_BYTES;
-    if (frame_bytes > KS_LOCKFREE_MAX_FRAME_BYTES || frames > KS_LOCKFREE_MAX_FRAMES)
-        return STATUS_INVALID_PARAMETER;
-    size_t align_bytes = ks_framing_align_bytes(framing);
-    size_t stride = ((size_t)frame_bytes + align_bytes - 1) & ~(align_bytes - 1);
-    if ((size_t)frames * stride > KS_LOCKFREE_MAX_BLOCK_BYTES)
-        return STATUS_INSUFFICIENT_RESOURCES;
-    framing->Frames = frames;
-    framing->FrameSize = frame_bytes;
-    *stride_bytes = stride;
-    return STATUS_SUCCESS;
-}
+/* Defaults (written back on success only), limits; frames are carved from one block. */
+static const ks_framing_rules lockfree_framing_rules = {
+    .default_frames = KS_LOCKFREE_DEFAULT_FRAMES,
+    .default_frame_bytes = KS_LOCKFREE_DEFAULT_FRAME_BYTES,
+    .max_frame_bytes = KS_LOCKFREE_MAX_FRAME_BYTES,
+    .max_align_bytes = KS_LOCKFREE_MAX_ALIGN_BYTES,
+    .min_align_bytes = 1,
+    .max_frames = KS_LOCKFREE_MAX_FRAMES,
+    .max_block_bytes = KS_LOCKFREE_MAX_BLOCK_BYTES,
+};
 
 /* Stacks every frame so that the first pops return them in address order. Runs before the
  * instance is published, so the stores need no ordering of their own. */
@@ -180,14 +172,15 @@ static NTSTATUS lockfree_initialize(PVOID initial_context, PKSALLOCATOR_FRAMING 
         return STATUS_INVALID_PARAMETER;
     if (pin != NULL && pin->abi_version != KSALLOC_ABI_VERSION)
         return STATUS_REVISION_MISMATCH;
-    size_t stride_bytes = 0;
-    NTSTATUS status = lockfree_settle_framing(framing, &stride_bytes);
+    ks_framing_settled settled;
+    NTSTATUS status = ks_framing_settle(framing, &lockfree_framing_rules, &settled);
     if (!NT_SUCCESS(status))
         return status;
+    ks_framing_write_back(framing, &settled);
+    size_t stride_bytes = settled.stride_bytes;
 
-    size_t block_bytes = (size_t)framing->Frames * stride_bytes;
-    size_t block_align = ks_framing_align_bytes(framing) < sizeof(void *) ? sizeof(void *)
-                                                                           : ks_framing_align_bytes(framing);
+    size_t block_bytes = settled.block_bytes;
+    size_t block_align = settled.align_bytes < sizeof(void *) ? sizeof(void *) : settled.align_bytes;
     void *instance_memory = NULL;
     void *block = NULL;
     atomic_uint *next = calloc(framing->Frames, sizeof *next);

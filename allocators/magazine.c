@@ -117,6 +117,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "framing.h"
 #include "ksalloc.h"
 
 /* Rounds per magazine. A fixed constant, chosen so that a magazine (link, count, rounds) fills
@@ -451,25 +452,16 @@ static void magazine_thread_exit(void *value)
 
 /* ---- Initialisation and deletion ---------------------------------------------------------------- */
 
-/* Settles the framing: defaults written back, limits enforced. Touches the framing only on
- * success so that a refused request leaves the caller's copy as it was. */
-static NTSTATUS magazine_settle_framing(KSALLOCATOR_FRAMING *framing, size_t *stride_bytes)
-{
-    if (!ks_framing_align_valid(framing) || ks_framing_align_bytes(framing) > KS_MAGAZINE_MAX_ALIGN_BYTES)
-        return STATUS_INVALID_PARAMETER;
-    ULONG frames = framing->Frames != 0 ? framing->Frames : KS_MAGAZINE_DEFAULT_FRAMES;
-    ULONG frame_bytes = framing->FrameSize != 0 ? framing->FrameSize : KS_MAGAZINE_DEFAULT_FRAME_BYTES;
-    if (frame_bytes > KS_MAGAZINE_MAX_FRAME_BYTES || frames > KS_MAGAZINE_MAX_FRAMES)
-        return STATUS_INVALID_PARAMETER;
-    size_t align_bytes = ks_framing_align_bytes(framing);
-    size_t stride = ((size_t)frame_bytes + align_bytes - 1) & ~(align_bytes - 1);
-    if ((size_t)frames * stride > KS_MAGAZINE_MAX_BLOCK_BYTES)
-        return STATUS_INSUFFICIENT_RESOURCES;
-    framing->Frames = frames;
-    framing->FrameSize = frame_bytes;
-    *stride_bytes = stride;
-    return STATUS_SUCCESS;
-}
+/* Defaults (written back on success only), limits; frames are carved from one block. */
+static const ks_framing_rules magazine_framing_rules = {
+    .default_frames = KS_MAGAZINE_DEFAULT_FRAMES,
+    .default_frame_bytes = KS_MAGAZINE_DEFAULT_FRAME_BYTES,
+    .max_frame_bytes = KS_MAGAZINE_MAX_FRAME_BYTES,
+    .max_align_bytes = KS_MAGAZINE_MAX_ALIGN_BYTES,
+    .min_align_bytes = 1,
+    .max_frames = KS_MAGAZINE_MAX_FRAMES,
+    .max_block_bytes = KS_MAGAZINE_MAX_BLOCK_BYTES,
+};
 
 /* The heap-allocated parts; the key and mutex are the caller's. */
 static NTSTATUS magazine_allocate_parts(magazine_allocator *allocator, size_t align_bytes)
@@ -499,19 +491,20 @@ static NTSTATUS magazine_initialize(PVOID initial_context, PKSALLOCATOR_FRAMING 
         return STATUS_INVALID_PARAMETER;
     if (pin != NULL && pin->abi_version != KSALLOC_ABI_VERSION)
         return STATUS_REVISION_MISMATCH;
-    size_t stride_bytes = 0;
-    NTSTATUS status = magazine_settle_framing(framing, &stride_bytes);
+    ks_framing_settled settled;
+    NTSTATUS status = ks_framing_settle(framing, &magazine_framing_rules, &settled);
     if (!NT_SUCCESS(status))
         return status;
+    ks_framing_write_back(framing, &settled);
 
     magazine_allocator *allocator = calloc(1, sizeof *allocator);
     if (allocator == NULL)
         return STATUS_INSUFFICIENT_RESOURCES;
-    allocator->frames = framing->Frames;
-    allocator->stride_bytes = stride_bytes;
-    allocator->block_bytes = (size_t)framing->Frames * stride_bytes;
+    allocator->frames = settled.frames;
+    allocator->stride_bytes = settled.stride_bytes;
+    allocator->block_bytes = settled.block_bytes;
     atomic_init(&allocator->bad_frees, 0);
-    status = magazine_allocate_parts(allocator, ks_framing_align_bytes(framing));
+    status = magazine_allocate_parts(allocator, settled.align_bytes);
     if (NT_SUCCESS(status) && pthread_key_create(&allocator->key, magazine_thread_exit) != 0) {
         free(allocator->block);
         free(allocator->backing);

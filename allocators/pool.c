@@ -79,6 +79,7 @@ static const ks_framing_rules pool_framing_rules = {
     .max_frame_bytes = KS_POOL_MAX_FRAME_BYTES,
     .max_align_bytes = KS_POOL_MAX_ALIGN_BYTES,
     .min_align_bytes = alignof(void *),
+    .max_block_bytes = KS_POOL_MAX_BLOCK_BYTES,
 };
 
 /* Threads every frame onto the free list so that the first Allocate returns the lowest one. */
@@ -99,24 +100,18 @@ static NTSTATUS pool_initialize(PVOID initial_context, PKSALLOCATOR_FRAMING fram
     NTSTATUS status = ks_framing_settle(framing, &pool_framing_rules, &settled);
     if (!NT_SUCCESS(status))
         return status;
-    ks_framing_write_back(framing, &settled);
-    /* Both factors are below 2^32 and 2^29, so the product cannot overflow a 64-bit size_t. */
-    _Static_assert(sizeof(size_t) >= 8, "Frames * stride is computed in size_t");
-    size_t block_bytes = (size_t)settled.frames * settled.stride_bytes;
-    if (block_bytes > KS_POOL_MAX_BLOCK_BYTES)
-        return STATUS_INSUFFICIENT_RESOURCES;
-
     size_t bitmap_words = ((size_t)settled.frames + 63) / 64;
     pool *instance = calloc(1, sizeof *instance + bitmap_words * sizeof instance->seen[0]);
     void *block = NULL;
-    if (instance == NULL || posix_memalign(&block, settled.align_bytes, block_bytes) != 0) {
+    if (instance == NULL || posix_memalign(&block, settled.align_bytes, settled.block_bytes) != 0) {
         free(instance);
         return STATUS_INSUFFICIENT_RESOURCES;
     }
+    ks_framing_write_back(framing, &settled);
     instance->block = block;
     instance->stride_bytes = settled.stride_bytes;
     instance->align_bytes = settled.align_bytes;
-    instance->block_bytes = block_bytes;
+    instance->block_bytes = settled.block_bytes;
     instance->frames = settled.frames;
     pool_thread_free_list(instance);
     *context = instance;
