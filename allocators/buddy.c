@@ -58,6 +58,7 @@
 
 #include "framing.h"
 #include "ksalloc.h"
+#include "region.h"
 
 #define BUDDY_FAMILY "buddy"
 #define BUDDY_DEFAULT_FRAMES 64u
@@ -74,7 +75,7 @@
 /* Private regions are aligned to their own size up to this, so small ones are a single block. */
 #define BUDDY_PRIVATE_ALIGN_MAX_ORDER 30u
 #define BUDDY_ORDER_COUNT 64u
-#define BUDDY_TAG_COUNT 256u /* tag 0 marks free blocks; instances get 1..255 */
+#define BUDDY_TAG_COUNT KS_REGION_TAG_COUNT /* tag 0 marks free blocks; instances get 1..255 */
 
 /* Map entry: bits 0-5 order, 6-7 kind, 8-15 owner tag. Entries inside a block are 0. */
 typedef uint16_t buddy_entry;
@@ -112,7 +113,7 @@ typedef struct buddy_state {
     size_t free_bytes;
     buddy_entry *map; /* (hi - lo) >> min_order entries */
     size_t map_entries;
-    uint64_t tags_in_use[BUDDY_TAG_COUNT / 64];
+    ks_region_tags tags;
     void *own_mapping; /* a private region this buddy unmaps when destroyed; NULL on a heap */
     size_t own_mapping_bytes;
 } buddy_state;
@@ -136,14 +137,9 @@ typedef struct buddy_instance {
 
 /* ---- small helpers ------------------------------------------------------------------------- */
 
-static unsigned buddy_floor_log2(uint64_t value)
-{
-    return 63u - (unsigned)__builtin_clzll(value);
-}
-
 static unsigned buddy_ceil_log2(uint64_t value)
 {
-    return value <= 1 ? 0u : buddy_floor_log2(value - 1) + 1u;
+    return value <= 1 ? 0u : ks_floor_log2(value - 1) + 1u;
 }
 
 static buddy_entry buddy_entry_make(unsigned kind, unsigned order, unsigned tag)
@@ -260,7 +256,7 @@ static void buddy_seed(buddy_state *state)
     state->top_order = state->min_order;
     while (pos < state->hi) {
         unsigned order = (unsigned)__builtin_ctzll(pos);
-        unsigned fits = buddy_floor_log2(state->hi - pos);
+        unsigned fits = ks_floor_log2(state->hi - pos);
         if (order > fits)
             order = fits;
         if (order > BUDDY_MAX_ORDER)
@@ -329,49 +325,7 @@ static void buddy_heap_destroy(ks_heap *heap, void *state)
     buddy_state_destroy(state);
 }
 
-/* bytes of fresh memory aligned to align_bytes (a power of two), or NULL. */
-static void *buddy_map_aligned(size_t bytes, size_t align_bytes)
-{
-    size_t page_bytes = (size_t)sysconf(_SC_PAGESIZE);
-    size_t extra_bytes = align_bytes > page_bytes ? align_bytes - page_bytes : 0;
-    void *raw = mmap(NULL, bytes + extra_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-                     -1, 0);
-    if (raw == MAP_FAILED)
-        return NULL;
-    uintptr_t raw_start = (uintptr_t)raw;
-    uintptr_t start = (raw_start + align_bytes - 1) & ~((uintptr_t)align_bytes - 1);
-    uintptr_t raw_end = raw_start + bytes + extra_bytes;
-    if (start > raw_start)
-        munmap(raw, start - raw_start);
-    if (raw_end > start + bytes)
-        munmap((void *)(start + bytes), raw_end - (start + bytes));
-    return (void *)start;
-}
-
 /* ---- instances ----------------------------------------------------------------------------- */
-
-static bool buddy_tag_take(buddy_state *state, unsigned *tag)
-{
-    for (unsigned candidate = 1; candidate < BUDDY_TAG_COUNT; candidate++) {
-        uint64_t bit = 1ull << (candidate % 64);
-        if ((state->tags_in_use[candidate / 64] & bit) == 0) {
-            state->tags_in_use[candidate / 64] |= bit;
-            *tag = candidate;
-            return true;
-        }
-    }
-    return false;
-}
-
-static void buddy_tag_give_back(buddy_state *state, unsigned tag)
-{
-    state->tags_in_use[tag / 64] &= ~(1ull << (tag % 64));
-}
-
-static bool buddy_tag_in_use(const buddy_state *state, unsigned tag)
-{
-    return (state->tags_in_use[tag / 64] >> (tag % 64)) & 1u;
-}
 
 static const ks_framing_rules buddy_framing_rules = {
     .default_frames = BUDDY_DEFAULT_FRAMES,
@@ -410,7 +364,7 @@ static NTSTATUS buddy_open_private(buddy_instance *instance)
     if (align_order > BUDDY_PRIVATE_ALIGN_MAX_ORDER)
         align_order = order > BUDDY_PRIVATE_ALIGN_MAX_ORDER ? order : BUDDY_PRIVATE_ALIGN_MAX_ORDER;
     size_t align_bytes = (size_t)1 << align_order;
-    void *region = buddy_map_aligned(region_bytes, align_bytes < page_bytes ? page_bytes : align_bytes);
+    void *region = ks_region_map_aligned(region_bytes, align_bytes < page_bytes ? page_bytes : align_bytes);
     if (region == NULL)
         return STATUS_INSUFFICIENT_RESOURCES;
     NTSTATUS status = buddy_state_create(region, region_bytes, order, &instance->state);
@@ -420,7 +374,7 @@ static NTSTATUS buddy_open_private(buddy_instance *instance)
     }
     instance->state->own_mapping = region;
     instance->state->own_mapping_bytes = region_bytes;
-    buddy_tag_take(instance->state, &instance->tag);
+    ks_region_tag_take(&instance->state->tags, &instance->tag);
     return STATUS_SUCCESS;
 }
 
@@ -437,7 +391,7 @@ static NTSTATUS buddy_join_heap(buddy_instance *instance, ks_heap *heap)
         instance->block_order = state->min_order;
     if (instance->block_order > state->top_order)
         status = STATUS_INSUFFICIENT_RESOURCES; /* no block of the heap is large enough */
-    else if (!buddy_tag_take(state, &instance->tag))
+    else if (!ks_region_tag_take(&state->tags, &instance->tag))
         status = STATUS_INSUFFICIENT_RESOURCES; /* 255 instances already share this buddy */
     pthread_mutex_unlock(&state->lock);
     if (!NT_SUCCESS(status)) {
@@ -475,7 +429,7 @@ static void buddy_close(buddy_instance *instance)
     pthread_mutex_lock(&state->lock);
     if (instance->frames_live + instance->frames_set_aside > 0)
         buddy_walk(state, buddy_release_owned_visit, instance, NULL, 0);
-    buddy_tag_give_back(state, instance->tag);
+    ks_region_tag_give_back(&state->tags, instance->tag);
     pthread_mutex_unlock(&state->lock);
     instance->heap->detach(instance->heap, BUDDY_FAMILY, buddy_heap_destroy);
 }
@@ -671,7 +625,7 @@ static uintptr_t buddy_census_visit(void *arg, uintptr_t addr, unsigned order, b
         }
         census->free_blocks[order]++;
         census->free_bytes += (size_t)1 << order;
-    } else if (tag == 0 || !buddy_tag_in_use(state, tag)) {
+    } else if (tag == 0 || !ks_region_tag_in_use(&state->tags, tag)) {
         buddy_why(census->why, census->why_bytes, "block 0x%" PRIxPTR " order %u held by tag %u, which no instance has",
                   addr, order, tag);
         return 0;
@@ -762,7 +716,7 @@ static size_t buddy_counters(PVOID context, ks_counter *out, size_t max_counters
     buddy_state *state = instance->state;
     pthread_mutex_lock(&state->lock);
     uint64_t held_bytes = (instance->frames_live + instance->frames_set_aside) << instance->block_order;
-    uint64_t largest_free = state->nonempty_orders ? 1ull << buddy_floor_log2(state->nonempty_orders) : 0;
+    uint64_t largest_free = state->nonempty_orders ? 1ull << ks_floor_log2(state->nonempty_orders) : 0;
     const ks_counter all[] = {
         /* private: the region it mapped; shared: the blocks it holds of the heap */
         {"reserved_bytes", instance->heap != NULL ? held_bytes : (uint64_t)state->own_mapping_bytes},

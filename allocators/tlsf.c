@@ -71,6 +71,7 @@
 
 #include "framing.h"
 #include "ksalloc.h"
+#include "region.h"
 
 #ifndef KS_DEBUG
 #define KS_DEBUG 0
@@ -90,7 +91,7 @@
 /* Limits, the catalogue's common ones: FrameSize up to 256 MiB, alignment up to 1 MiB. */
 #define TLSF_MAX_FRAME_BYTES ((size_t)256 << 20)
 #define TLSF_MAX_ALIGN_BYTES ((size_t)1 << 20)
-#define TLSF_TAG_COUNT 256u                    /* tag 0 marks free blocks; instances get 1..255 */
+#define TLSF_TAG_COUNT KS_REGION_TAG_COUNT                    /* tag 0 marks free blocks; instances get 1..255 */
 /* Blocks of the exact-size list Allocate tries when good fit finds nothing (see find_exact_fit). */
 #define TLSF_EXACT_FIT_TRIES 4u
 
@@ -135,7 +136,7 @@ typedef struct tlsf_control {
     uintptr_t hi; /* the sentinel header is at hi - 16 */
     size_t free_bytes;
     uint64_t free_blocks;
-    uint64_t tags_in_use[TLSF_TAG_COUNT / 64];
+    ks_region_tags tags;
     void *own_mapping; /* a private region this control block unmaps when destroyed; NULL on a heap */
     size_t own_mapping_bytes;
 } tlsf_control;
@@ -193,11 +194,6 @@ static uintptr_t tlsf_payload(const tlsf_block *block)
     return (uintptr_t)block + TLSF_HEADER_BYTES;
 }
 
-static unsigned tlsf_floor_log2(uint64_t value)
-{
-    return 63u - (unsigned)__builtin_clzll(value);
-}
-
 static __attribute__((format(printf, 3, 4))) NTSTATUS tlsf_why(char *why, size_t why_bytes, const char *fmt, ...)
 {
     if (why != NULL && why_bytes > 0) {
@@ -219,7 +215,7 @@ static void tlsf_mapping_insert(size_t size, unsigned *fl, unsigned *sl)
         *sl = (unsigned)(size >> TLSF_ALIGN_LOG2);
         return;
     }
-    unsigned top = tlsf_floor_log2(size);
+    unsigned top = ks_floor_log2(size);
     *sl = (unsigned)(size >> (top - TLSF_SL_LOG2)) ^ TLSF_SL_COUNT;
     *fl = top - (TLSF_FL_SHIFT - 1u);
 }
@@ -229,7 +225,7 @@ static void tlsf_mapping_insert(size_t size, unsigned *fl, unsigned *sl)
 static bool tlsf_mapping_search(size_t size, unsigned *fl, unsigned *sl)
 {
     if (size >= TLSF_SMALL_BYTES)
-        size += ((size_t)1 << (tlsf_floor_log2(size) - TLSF_SL_LOG2)) - 1;
+        size += ((size_t)1 << (ks_floor_log2(size) - TLSF_SL_LOG2)) - 1;
     tlsf_mapping_insert(size, fl, sl);
     return *fl < TLSF_FL_COUNT;
 }
@@ -467,29 +463,6 @@ static void tlsf_heap_destroy(ks_heap *heap, void *state)
 
 /* ---- instances ------------------------------------------------------------------------------- */
 
-static bool tlsf_tag_take(tlsf_control *control, unsigned *tag)
-{
-    for (unsigned candidate = 1; candidate < TLSF_TAG_COUNT; candidate++) {
-        uint64_t bit = 1ull << (candidate % 64);
-        if ((control->tags_in_use[candidate / 64] & bit) == 0) {
-            control->tags_in_use[candidate / 64] |= bit;
-            *tag = candidate;
-            return true;
-        }
-    }
-    return false;
-}
-
-static void tlsf_tag_give_back(tlsf_control *control, unsigned tag)
-{
-    control->tags_in_use[tag / 64] &= ~(1ull << (tag % 64));
-}
-
-static bool tlsf_tag_in_use(const tlsf_control *control, unsigned tag)
-{
-    return (control->tags_in_use[tag / 64] >> (tag % 64)) & 1u;
-}
-
 static const ks_framing_rules tlsf_framing_rules = {
     .default_frames = TLSF_DEFAULT_FRAMES,
     .default_frame_bytes = TLSF_DEFAULT_FRAME_BYTES,
@@ -523,25 +496,6 @@ static NTSTATUS tlsf_choose_framing(tlsf_instance *instance, KSALLOCATOR_FRAMING
     return STATUS_SUCCESS;
 }
 
-/* bytes of fresh memory aligned to align_bytes (a power of two), or NULL. */
-static void *tlsf_map_aligned(size_t bytes, size_t align_bytes)
-{
-    size_t page_bytes = (size_t)sysconf(_SC_PAGESIZE);
-    size_t extra_bytes = align_bytes > page_bytes ? align_bytes - page_bytes : 0;
-    void *raw = mmap(NULL, bytes + extra_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-                     -1, 0);
-    if (raw == MAP_FAILED)
-        return NULL;
-    uintptr_t raw_start = (uintptr_t)raw;
-    uintptr_t start = (raw_start + align_bytes - 1) & ~((uintptr_t)align_bytes - 1);
-    uintptr_t raw_end = raw_start + bytes + extra_bytes;
-    if (start > raw_start)
-        munmap(raw, start - raw_start);
-    if (raw_end > start + bytes)
-        munmap((void *)(start + bytes), raw_end - (start + bytes));
-    return (void *)start;
-}
-
 /*
  * A private region tiled with slots of header + payload bytes (a multiple of the alignment), the
  * first payload aligned: lead bytes, then at least Frames slots, then the sentinel. Every frame
@@ -561,7 +515,7 @@ static NTSTATUS tlsf_open_private(tlsf_instance *instance)
     size_t page_bytes = (size_t)sysconf(_SC_PAGESIZE);
     size_t region_bytes = (size_t)((need_bytes + page_bytes - 1) & ~((uint64_t)page_bytes - 1));
     size_t map_align_bytes = instance->align_bytes > page_bytes ? instance->align_bytes : page_bytes;
-    uint8_t *region = tlsf_map_aligned(region_bytes, map_align_bytes);
+    uint8_t *region = ks_region_map_aligned(region_bytes, map_align_bytes);
     if (region == NULL)
         return STATUS_INSUFFICIENT_RESOURCES;
     uint64_t slots = (region_bytes - lead_bytes - TLSF_HEADER_BYTES) / slot_bytes;
@@ -573,7 +527,7 @@ static NTSTATUS tlsf_open_private(tlsf_instance *instance)
     }
     instance->control->own_mapping = region;
     instance->control->own_mapping_bytes = region_bytes;
-    tlsf_tag_take(instance->control, &instance->tag);
+    ks_region_tag_take(&instance->control->tags, &instance->tag);
     return STATUS_SUCCESS;
 }
 
@@ -586,7 +540,7 @@ static NTSTATUS tlsf_join_heap(tlsf_instance *instance, ks_heap *heap)
         return status;
     tlsf_control *control = shared;
     pthread_mutex_lock(&control->lock);
-    bool tagged = tlsf_tag_take(control, &instance->tag);
+    bool tagged = ks_region_tag_take(&control->tags, &instance->tag);
     pthread_mutex_unlock(&control->lock);
     if (!tagged) {
         heap->detach(heap, TLSF_FAMILY, tlsf_heap_destroy);
@@ -620,7 +574,7 @@ static void tlsf_close(tlsf_instance *instance)
     pthread_mutex_lock(&control->lock);
     if (instance->frames_live + instance->frames_set_aside > 0)
         tlsf_walk(control, tlsf_release_owned_visit, instance, NULL, 0);
-    tlsf_tag_give_back(control, instance->tag);
+    ks_region_tag_give_back(&control->tags, instance->tag);
     pthread_mutex_unlock(&control->lock);
     instance->heap->detach(instance->heap, TLSF_FAMILY, tlsf_heap_destroy);
 }
@@ -830,7 +784,7 @@ static tlsf_block *tlsf_census_visit(void *arg, tlsf_block *block)
     else if (free_block && prev_free)
         broken = "free and its previous block free: not coalesced";
     else if (free_block ? (block->word >> TLSF_TAG_SHIFT) != 0 || tlsf_has(block, TLSF_SET_ASIDE)
-                        : !tlsf_tag_in_use(census->control, tlsf_tag(block)))
+                        : !ks_region_tag_in_use(&census->control->tags, tlsf_tag(block)))
         broken = free_block ? "free but tagged or set aside" : "used by a tag no instance has";
     if (broken != NULL) {
         tlsf_why(census->why, census->why_bytes, "block 0x%" PRIxPTR " (word 0x%" PRIx64 "): %s", (uintptr_t)block,
@@ -945,8 +899,8 @@ static size_t tlsf_largest_free_bytes(const tlsf_control *control)
 {
     if (control->fl_bitmap == 0)
         return 0;
-    unsigned fl = tlsf_floor_log2(control->fl_bitmap);
-    unsigned sl = tlsf_floor_log2(control->sl_bitmap[fl]);
+    unsigned fl = ks_floor_log2(control->fl_bitmap);
+    unsigned sl = ks_floor_log2(control->sl_bitmap[fl]);
     size_t largest = 0;
     for (const tlsf_block *block = control->heads[fl][sl]; block != NULL; block = block->next_free)
         if (tlsf_size(block) > largest)
