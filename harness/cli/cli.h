@@ -23,6 +23,10 @@ enum { KS_EXIT_CLEAN = 0, KS_EXIT_FAULT = 1, KS_EXIT_USAGE = 2, KS_EXIT_ERROR = 
  * "ksalloc <cmd>: <flag>: '<text>' <why>" to stderr and return false. */
 bool ks_cli_parse_u64(const char *cmd, const char *flag, const char *text, uint64_t max, uint64_t *value);
 bool ks_cli_parse_bytes(const char *cmd, const char *flag, const char *text, uint64_t max, uint64_t *value);
+/* --align BYTES (a power of two up to 1 GiB, K/M/G allowed) as a FileAlignment mask. */
+bool ks_cli_parse_align(const char *cmd, const char *text, ULONG *mask);
+/* --plugin PATH as the "plugin:<path>" allocator name the catalogue resolves, into spec. */
+bool ks_cli_plugin_spec(const char *cmd, const char *path, char *spec, size_t spec_bytes);
 
 /* Prints "ksalloc <cmd>: <message>" and the command's usage to stderr; returns KS_EXIT_USAGE. */
 int ks_cli_usage_error(const char *cmd, const char *usage, const char *fmt, ...) __attribute__((format(printf, 3, 4)));

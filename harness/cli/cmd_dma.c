@@ -155,10 +155,7 @@ static int parse_dma_options(int argc, char **argv, dma_cli_options *opts)
             opts->framing.FrameSize = (ULONG)value;
             break;
         case O_ALIGN:
-            if (!ks_cli_parse_bytes("dma", "--align", optarg, 1u << 30, &value)) return KS_EXIT_USAGE;
-            if (value == 0 || (value & (value - 1)) != 0)
-                return ks_cli_usage_error("dma", usage, "--align: %s is not a power of two", optarg);
-            opts->framing.FileAlignment = (ULONG)(value - 1);
+            if (!ks_cli_parse_align("dma", optarg, &opts->framing.FileAlignment)) return KS_EXIT_USAGE;
             break;
         case O_OPS:
             if (!ks_cli_parse_u64("dma", "--ops", optarg, UINT32_MAX, &opts->ops)) return KS_EXIT_USAGE;

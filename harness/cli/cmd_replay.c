@@ -58,9 +58,7 @@ static int parse_replay_options(int argc, char **argv, replay_options *opts)
         switch (opt) {
         case O_ALLOCATOR: opts->allocator = optarg; break;
         case O_PLUGIN:
-            if (snprintf(opts->plugin_spec, sizeof opts->plugin_spec, "plugin:%s", optarg) >=
-                (int)sizeof opts->plugin_spec)
-                return ks_cli_usage_error("replay", usage, "--plugin: path too long");
+            if (!ks_cli_plugin_spec("replay", optarg, opts->plugin_spec, sizeof opts->plugin_spec)) return KS_EXIT_USAGE;
             opts->allocator = opts->plugin_spec;
             break;
         case O_NO_VERIFY: opts->verify = false; break;

@@ -85,10 +85,7 @@ static int parse_run_options(int argc, char **argv, run_options *opts)
         switch (opt) {
         case O_ALLOCATOR: opts->allocator = optarg; break;
         case O_PLUGIN:
-            if (snprintf(opts->plugin_spec, sizeof opts->plugin_spec, "plugin:%s", optarg) >=
-                (int)sizeof opts->plugin_spec)
-                return ks_cli_usage_error("run", usage, "--plugin: path longer than %u bytes",
-                                          KS_ALLOCATOR_NAME_BYTES - 8);
+            if (!ks_cli_plugin_spec("run", optarg, opts->plugin_spec, sizeof opts->plugin_spec)) return KS_EXIT_USAGE;
             opts->allocator = opts->plugin_spec;
             break;
         case O_PROFILE: opts->profile = optarg; break;
@@ -101,10 +98,7 @@ static int parse_run_options(int argc, char **argv, run_options *opts)
             opts->framing.FrameSize = (ULONG)value;
             break;
         case O_ALIGN:
-            if (!ks_cli_parse_bytes("run", "--align", optarg, 1u << 30, &value)) return KS_EXIT_USAGE;
-            if (value == 0 || (value & (value - 1)) != 0)
-                return ks_cli_usage_error("run", usage, "--align: %s is not a power of two", optarg);
-            opts->framing.FileAlignment = (ULONG)(value - 1);
+            if (!ks_cli_parse_align("run", optarg, &opts->framing.FileAlignment)) return KS_EXIT_USAGE;
             break;
         case O_MUST: opts->framing.RequirementsFlags |= KSALLOCATOR_REQUIREMENTF_MUST_ALLOCATE; break;
         case O_OPS:

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -53,6 +54,28 @@ bool ks_cli_parse_bytes(const char *cmd, const char *flag, const char *text, uin
     if (!ks_cli_parse_u64(cmd, flag, number, max / scale, &units))
         return false;
     *value = units * scale;
+    return true;
+}
+
+bool ks_cli_parse_align(const char *cmd, const char *text, ULONG *mask)
+{
+    uint64_t value = 0;
+    if (!ks_cli_parse_bytes(cmd, "--align", text, 1u << 30, &value))
+        return false;
+    if (value == 0 || (value & (value - 1)) != 0) {
+        fprintf(stderr, "ksalloc %s: --align: %s is not a power of two\n", cmd, text);
+        return false;
+    }
+    *mask = (ULONG)(value - 1);
+    return true;
+}
+
+bool ks_cli_plugin_spec(const char *cmd, const char *path, char *spec, size_t spec_bytes)
+{
+    if (snprintf(spec, spec_bytes, "plugin:%s", path) >= (int)spec_bytes) {
+        fprintf(stderr, "ksalloc %s: --plugin: path longer than %zu bytes\n", cmd, spec_bytes - 8);
+        return false;
+    }
     return true;
 }
 
