@@ -44,6 +44,8 @@ bool ks_frame_set_init(ks_frame_set *set, size_t initial_capacity)
     set->capacity = set->slots != NULL ? initial_capacity : 0;
     set->count = 0;
     set->shift = power_of_two ? 64u - (unsigned)__builtin_ctzll((unsigned long long)initial_capacity) : 0;
+    set->foreign_releases = 0;
+    set->first_foreign_release = 0;
     return set->slots != NULL;
 }
 
@@ -73,9 +75,10 @@ static bool frame_set_rehash(ks_frame_set *set, size_t capacity)
     for (size_t slot = 0; slot < set->capacity; slot++)
         if (set->slots[slot] != 0)
             frame_set_place(&bigger, set->slots[slot]);
-    bigger.count = set->count;
     free(set->slots);
-    *set = bigger;
+    set->slots = bigger.slots;
+    set->capacity = bigger.capacity;
+    set->shift = bigger.shift;
     return true;
 }
 
@@ -142,6 +145,15 @@ bool ks_frame_set_remove(ks_frame_set *set, const void *frame)
     return true;
 }
 
+bool ks_frame_set_release(ks_frame_set *set, const void *frame)
+{
+    if (ks_frame_set_remove(set, frame))
+        return true;
+    if (set->foreign_releases++ == 0)
+        set->first_foreign_release = (uintptr_t)frame;
+    return false;
+}
+
 void *ks_frame_set_next(const ks_frame_set *set, size_t *cursor)
 {
     for (size_t slot = *cursor; slot < set->capacity; slot++) {
@@ -183,6 +195,11 @@ static bool frame_set_check_slot(const ks_frame_set *set, size_t slot, const cha
 
 bool ks_frame_set_check(const ks_frame_set *set, size_t align_bytes, const char *owner, char *why, size_t why_bytes)
 {
+    if (set->foreign_releases != 0) {
+        snprintf(why, why_bytes, "%s: %llu Free call(s) of a frame not live in this instance, first %p", owner,
+                 (unsigned long long)set->foreign_releases, (void *)set->first_foreign_release);
+        return false;
+    }
     size_t entries = 0;
     for (size_t slot = 0; slot < set->capacity; slot++) {
         uintptr_t frame = set->slots[slot];

@@ -25,6 +25,8 @@ typedef struct ks_frame_set {
     size_t capacity;  /* a power of two; 0 only for a set never initialised or destroyed */
     size_t count;     /* frames in the set; invariant: count * 2 <= capacity */
     unsigned shift;   /* 64 - log2(capacity), for Fibonacci hashing */
+    uint64_t foreign_releases;      /* ks_frame_set_release calls for a frame not in the set */
+    uintptr_t first_foreign_release; /* the first such address */
 } ks_frame_set;
 
 /* An empty set with a table of initial_capacity slots (a power of two, at least 2; it holds
@@ -48,6 +50,11 @@ bool ks_frame_set_insert(ks_frame_set *set, const void *frame);
 /* Removes frame; false when it is not in the set (NULL never is). */
 bool ks_frame_set_remove(ks_frame_set *set, const void *frame);
 
+/* The owner's Free: removes frame, or, when it is not in the set, counts it as a foreign release
+ * (a Free of a frame not live here, which the owner then ignores) and returns false.
+ * ks_frame_set_check reports foreign releases. */
+bool ks_frame_set_release(ks_frame_set *set, const void *frame);
+
 /* True when frame is in the set (NULL never is). */
 bool ks_frame_set_contains(const ks_frame_set *set, const void *frame);
 
@@ -58,9 +65,10 @@ void *ks_frame_set_next(const ks_frame_set *set, size_t *cursor);
 /* Bytes the table takes (what a `tracking_bytes` or `reserved_bytes` counter adds). */
 size_t ks_frame_set_table_bytes(const ks_frame_set *set);
 
-/* The table's invariants: every frame aligned to align_bytes (a power of two), listed once and
- * reachable from its home slot; the count true and within the load bound. On the first broken
- * one writes "<owner>: ..." into why and returns false. Allocates nothing. */
+/* No foreign release so far, and the table's invariants: every frame aligned to align_bytes (a
+ * power of two), listed once and reachable from its home slot; the count true and within the
+ * load bound. On the first broken one writes "<owner>: ..." into why and returns false.
+ * Allocates nothing. */
 bool ks_frame_set_check(const ks_frame_set *set, size_t align_bytes, const char *owner, char *why, size_t why_bytes);
 
 #endif /* KS_FRAME_SET_H */

@@ -160,8 +160,6 @@ typedef struct jemalloc_instance {
     unsigned arena_index;
     unsigned tcache_index;
     bool has_tcache;
-    uint64_t bad_frees; /* shared mode only: Free of a frame not live here, ignored */
-    uintptr_t first_bad_free;
 } jemalloc_instance;
 
 static const ks_framing_rules jemalloc_framing_rules = {
@@ -257,11 +255,8 @@ static PVOID jemalloc_allocate(PVOID context)
 static void jemalloc_free(PVOID context, PVOID buffer)
 {
     jemalloc_instance *instance = context;
-    if (instance->heap != NULL && !ks_frame_set_remove(&instance->live, buffer)) {
-        if (instance->bad_frees++ == 0)
-            instance->first_bad_free = (uintptr_t)buffer;
-        return;
-    }
+    if (instance->heap != NULL && !ks_frame_set_release(&instance->live, buffer))
+        return; /* shared mode only: not live here, ignored, reported by self_check */
     instance->frames_live--;
     sdallocx(buffer, instance->frame_bytes, instance->flags);
 }
@@ -293,11 +288,6 @@ static bool jemalloc_check_tracked(const jemalloc_instance *instance, char *why,
 static NTSTATUS jemalloc_self_check(PVOID context, char *why, size_t why_bytes)
 {
     const jemalloc_instance *instance = context;
-    if (instance->bad_frees != 0) {
-        snprintf(why, why_bytes, "jemalloc: %llu Free call(s) of a frame not live in this instance, first %p",
-                 (unsigned long long)instance->bad_frees, (void *)instance->first_bad_free);
-        return STATUS_DATA_ERROR;
-    }
     if (instance->heap != NULL)
         return jemalloc_check_tracked(instance, why, why_bytes) ? STATUS_SUCCESS : STATUS_DATA_ERROR;
     /* Private arena: nothing is tracked, but the live frames (and any the tcache holds) are in
@@ -334,7 +324,7 @@ static size_t jemalloc_counters(PVOID context, ks_counter *out, size_t max_count
         {"arena_active_bytes", arena_active_bytes},
         {"arena_mapped_bytes", arena_mapped_bytes},
         {"explicit_tcache", instance->has_tcache},
-        {"bad_frees", instance->bad_frees},
+        {"bad_frees", instance->live.foreign_releases},
     };
     size_t count = 0;
     for (; count < sizeof counters / sizeof counters[0] && count < max_counters; count++)

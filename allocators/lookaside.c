@@ -83,8 +83,6 @@ typedef struct lookaside {
     size_t align_bytes; /* what posix_memalign is asked for: at least sizeof(void *) */
     uint64_t hits, misses, refusals;
     uint64_t heap_failures;   /* misses the heap could not serve */
-    uint64_t bad_frees;       /* Free calls of a frame not live here: ignored, reported by self_check */
-    uintptr_t first_bad_free;
 } lookaside;
 
 static void *lookaside_heap_alloc(const lookaside *instance)
@@ -211,13 +209,12 @@ static void lookaside_free(PVOID context, PVOID buffer)
     lookaside *instance = context;
     void *to_heap = NULL;
     pthread_mutex_lock(&instance->lock);
-    if (!ks_frame_set_remove(&instance->live, buffer)) {
-        if (instance->bad_frees++ == 0)
-            instance->first_bad_free = (uintptr_t)buffer;
-    } else if (instance->listed_count < instance->depth) {
-        instance->listed[instance->listed_count++] = buffer;
-    } else {
-        to_heap = buffer;
+    /* A frame not live here is ignored (the set counts it; self_check reports it). */
+    if (ks_frame_set_release(&instance->live, buffer)) {
+        if (instance->listed_count < instance->depth)
+            instance->listed[instance->listed_count++] = buffer;
+        else
+            to_heap = buffer;
     }
     pthread_mutex_unlock(&instance->lock);
     free(to_heap); /* the list is full: back to the heap, outside the lock */
@@ -262,11 +259,7 @@ static NTSTATUS lookaside_self_check(PVOID context, char *why, size_t why_bytes)
     lookaside *instance = context;
     bool ok = true;
     pthread_mutex_lock(&instance->lock);
-    if (instance->bad_frees != 0) {
-        snprintf(why, why_bytes, "lookaside: %llu Free call(s) of a frame not live in this instance, first %p",
-                 (unsigned long long)instance->bad_frees, (void *)instance->first_bad_free);
-        ok = false;
-    } else if (instance->frames_limit != 0 && instance->live.count > instance->frames_limit) {
+    if (instance->frames_limit != 0 && instance->live.count > instance->frames_limit) {
         snprintf(why, why_bytes, "lookaside: %zu frames live, over the bound of %u", instance->live.count,
                  (unsigned)instance->frames_limit);
         ok = false;
@@ -294,7 +287,7 @@ static size_t lookaside_counters(PVOID context, ks_counter *out, size_t max_coun
         {"listed", instance->listed_count},
         {"frames_live", frames_live},
         {"reserved_bytes", (frames_live + instance->listed_count) * instance->frame_bytes + table_bytes},
-        {"bad_frees", instance->bad_frees},
+        {"bad_frees", instance->live.foreign_releases},
     };
     pthread_mutex_unlock(&instance->lock);
     size_t count = 0;

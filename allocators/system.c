@@ -113,8 +113,6 @@ typedef struct system_instance {
     ks_frame_set live;
     size_t frame_bytes;
     size_t align_bytes;
-    uint64_t bad_frees;        /* Free calls of a frame not live here: ignored, reported by self_check */
-    uintptr_t first_bad_free;  /* the first such address */
 } system_instance;
 
 static const ks_framing_rules system_framing_rules = {
@@ -179,9 +177,7 @@ static void system_free(PVOID context, PVOID buffer)
 {
     system_instance *instance = context;
     pthread_mutex_lock(&instance->lock);
-    bool was_live = ks_frame_set_remove(&instance->live, buffer);
-    if (!was_live && instance->bad_frees++ == 0)
-        instance->first_bad_free = (uintptr_t)buffer;
+    bool was_live = ks_frame_set_release(&instance->live, buffer);
     pthread_mutex_unlock(&instance->lock);
     if (was_live)
         system_heap_free(buffer);
@@ -192,11 +188,7 @@ static NTSTATUS system_self_check(PVOID context, char *why, size_t why_bytes)
     system_instance *instance = context;
     NTSTATUS status = STATUS_SUCCESS;
     pthread_mutex_lock(&instance->lock);
-    if (instance->bad_frees != 0) {
-        snprintf(why, why_bytes, "system: %llu Free call(s) of a frame not live in this instance, first %p",
-                 (unsigned long long)instance->bad_frees, (void *)instance->first_bad_free);
-        status = STATUS_DATA_ERROR;
-    } else if (!ks_frame_set_check(&instance->live, instance->align_bytes, "system", why, why_bytes)) {
+    if (!ks_frame_set_check(&instance->live, instance->align_bytes, "system", why, why_bytes)) {
         status = STATUS_DATA_ERROR;
     }
     pthread_mutex_unlock(&instance->lock);
@@ -209,7 +201,7 @@ static size_t system_counters(PVOID context, ks_counter *out, size_t max_counter
     pthread_mutex_lock(&instance->lock);
     uint64_t frames_live = instance->live.count;
     uint64_t tracking_bytes = ks_frame_set_table_bytes(&instance->live);
-    uint64_t bad_frees = instance->bad_frees;
+    uint64_t bad_frees = instance->live.foreign_releases;
     pthread_mutex_unlock(&instance->lock);
     const ks_counter counters[] = {
         {"frames_live", frames_live},

@@ -13,7 +13,7 @@
  * 12.5% more than 4096, and at 4096-byte alignment from 8192 bytes), and in front of an
  * A-aligned frame a header costs A bytes. With the table, tcmalloc sees exactly the request a
  * plain caller would make, which is the point of a peer in a benchmark. The table also lets Free
- * refuse an address that is not a live frame of this instance (counted in unknown_frees,
+ * refuse an address that is not a live frame of this instance (counted in bad_frees,
  * reported by self_check) instead of passing it to tc_free. Frames go back with tc_free, not
  * tc_free_sized: a tc_memalign block may sit in a larger size class than FrameSize names.
  * Shared heaps: there is nothing to share beyond the process heap -- every instance already draws
@@ -143,8 +143,6 @@ typedef struct tcmalloc_instance {
     ks_frame_set live;     /* the live frames; live.count is frames_live */
     size_t frame_tc_bytes; /* tc_malloc_size of a frame (its size class), once one was handed out */
     uint64_t allocation_failures;
-    uint64_t unknown_frees;
-    const void *last_unknown_free;
 } tcmalloc_instance;
 
 /* ---- Dispatch ------------------------------------------------------------------------------ */
@@ -217,11 +215,8 @@ static void tcmalloc_free(PVOID context, PVOID buffer)
     tcmalloc_instance *instance = context;
     if (buffer == NULL)
         return;
-    if (!ks_frame_set_remove(&instance->live, buffer)) {
-        instance->unknown_frees++;
-        instance->last_unknown_free = buffer;
-        return;
-    }
+    if (!ks_frame_set_release(&instance->live, buffer))
+        return; /* not a live frame here: ignored, reported by self_check */
     TCMALLOC_FRAME_RELEASED();
     tc_free(buffer);
 }
@@ -246,11 +241,6 @@ static NTSTATUS tcmalloc_check_frame(const tcmalloc_instance *instance, void *fr
 static NTSTATUS tcmalloc_self_check(PVOID context, char *why, size_t why_bytes)
 {
     const tcmalloc_instance *instance = context;
-    if (instance->unknown_frees != 0) {
-        snprintf(why, why_bytes, "tcmalloc: %llu Free call(s) of addresses that were not live frames, last %p",
-                 (unsigned long long)instance->unknown_frees, instance->last_unknown_free);
-        return STATUS_DATA_ERROR;
-    }
     if (!ks_frame_set_check(&instance->live, instance->align_bytes, "tcmalloc", why, why_bytes))
         return STATUS_DATA_ERROR;
     size_t cursor = 0;
@@ -276,7 +266,7 @@ static size_t tcmalloc_counters(PVOID context, ks_counter *out, size_t max_count
         {"frame_tc_bytes", instance->frame_tc_bytes},
         {"table_slots", instance->live.capacity},
         {"allocation_failures", instance->allocation_failures},
-        {"unknown_frees", instance->unknown_frees},
+        {"bad_frees", instance->live.foreign_releases},
         /* Process-wide, every tcmalloc instance together (tcmalloc is not the process malloc). */
         {"tcmalloc_allocated_bytes", process_allocated_bytes},
         {"tcmalloc_heap_bytes", process_heap_bytes},

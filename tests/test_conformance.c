@@ -1595,6 +1595,22 @@ Test(system, free_of_a_frame_not_live_is_reported_not_passed_on)
     instance_delete(&inst);
 }
 
+Test(tcmalloc, free_of_a_frame_not_live_is_reported_not_passed_on)
+{
+    subject subj = builtin_subject("tcmalloc");
+    KSALLOCATOR_FRAMING framing = make_framing(0, 64, 0, false);
+    instance inst;
+    instance_open_ok(&inst, &subj, &framing, NULL, 0);
+    void *frame = instance_allocate(&inst);
+    instance_free(&inst, frame);
+    static char not_a_frame[64];
+    instance_free(&inst, not_a_frame); /* tc_free of static memory would corrupt tcmalloc */
+    instance_free(&inst, frame);       /* and a double free */
+    cr_assert_eq(counter_value(&inst, "bad_frees"), 2);
+    expect_self_check_failure(&inst, "not live", "a free of static memory and a double free");
+    instance_delete(&inst);
+}
+
 /* ---- jemalloc ------------------------------------------------------------------------------- */
 
 static unsigned jemalloc_arena_of(void *frame)

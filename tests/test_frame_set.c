@@ -122,3 +122,24 @@ Test(frame_set, check_catches_a_corrupted_table)
     cr_assert_not(ks_frame_set_check(&set, 256, "t", why, sizeof why), "a duplicate entry");
     ks_frame_set_destroy(&set);
 }
+
+/* Release is the owners' Free: a frame not in the set is counted, the first address kept, and
+ * the check reports it; the record survives the table growing. */
+Test(frame_set, foreign_releases_are_counted_and_reported_across_growth)
+{
+    ks_frame_set set;
+    char why[200];
+    cr_assert(ks_frame_set_init(&set, KS_FRAME_SET_MIN_CAPACITY));
+    cr_assert(ks_frame_set_insert(&set, (void *)0x1000));
+    cr_assert(ks_frame_set_release(&set, (void *)0x1000));
+    cr_assert(ks_frame_set_check(&set, 64, "t", why, sizeof why), "%s", why);
+    cr_assert_not(ks_frame_set_release(&set, (void *)0x1000), "a second release is foreign");
+    cr_assert_not(ks_frame_set_release(&set, (void *)0x2040));
+    for (uintptr_t i = 1; i <= 100; i++) /* grows the table several times */
+        cr_assert(ks_frame_set_insert(&set, (void *)(0x10000 + i * 64)));
+    cr_assert_eq(set.foreign_releases, 2);
+    cr_assert_eq(set.first_foreign_release, 0x1000);
+    cr_assert_not(ks_frame_set_check(&set, 64, "t", why, sizeof why));
+    cr_assert_not_null(strstr(why, "t: 2 Free call(s) of a frame not live in this instance, first 0x1000"), "%s", why);
+    ks_frame_set_destroy(&set);
+}
