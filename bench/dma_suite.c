@@ -408,14 +408,39 @@ static bool dma_probe(const dma_case *dc, char *why, size_t why_bytes)
     return NT_SUCCESS(status);
 }
 
-static bool dma_add(ks_bench_dma_cases *cases, const dma_case *dc)
+/* Registers dc (named, kind and sizes set) unless --benchmark_filter leaves it out; an allocator
+ * case whose limits or probe run refuse it goes to skip instead. Google Benchmark keeps the
+ * pointer handed at registration, so the table never moves: ks_bench_register_dma sizes it for
+ * every case up front. */
+static NTSTATUS dma_register(ks_bench_dma_cases *cases, const dma_case *dc, ks_bench_skip_fn skip, void *skip_context,
+                             size_t *registered, ks_error *err)
 {
-    /* Google Benchmark keeps the pointer handed at registration, so the table never moves: it is
-     * sized for every case up front by ks_bench_register_dma. */
+    char instance_name[176], why[256];
+    snprintf(instance_name, sizeof instance_name, "%s/real_time", dc->name);
+    if (!ks_gbench_selected(instance_name))
+        return STATUS_SUCCESS;
+    if (dc->entry != NULL && dc->entry->max_frame_bytes != 0 && dc->frame_bytes > dc->entry->max_frame_bytes) {
+        snprintf(why, sizeof why, "FrameSize %zu is past its max_frame_bytes %zu", dc->frame_bytes,
+                 dc->entry->max_frame_bytes);
+        skip(skip_context, dc->name, why);
+        return STATUS_SUCCESS;
+    }
+    if (dc->entry != NULL && !dma_probe(dc, why, sizeof why)) {
+        skip(skip_context, dc->name, why);
+        return STATUS_SUCCESS;
+    }
     if (cases->count == cases->capacity)
-        return false;
-    cases->cases[cases->count++] = *dc;
-    return true;
+        return ks_error_set(err, STATUS_UNSUCCESSFUL, "DMA suite case table full");
+    cases->cases[cases->count] = *dc;
+    ks_gbench *bench = ks_gbench_register(dc->name, dma_body, &cases->cases[cases->count]);
+    if (bench == NULL) {
+        skip(skip_context, dc->name, "Google Benchmark refused the registration");
+        return STATUS_SUCCESS;
+    }
+    cases->count++;
+    ks_gbench_use_real_time(bench);
+    (*registered)++;
+    return STATUS_SUCCESS;
 }
 
 NTSTATUS ks_bench_register_dma(const ks_bench_config *config, ks_bench_skip_fn skip, void *skip_context,
@@ -444,30 +469,9 @@ NTSTATUS ks_bench_register_dma(const ks_bench_config *config, ks_bench_skip_fn s
                 dc.label = index == 0 ? "inline_freelist" : config->allocators[index - 1].label;
                 snprintf(dc.name, sizeof dc.name, "dma_%s/%s/%zu", ks_profile_name(dc.profile), dc.label,
                          dc.frame_bytes);
-                char instance_name[176];
-                snprintf(instance_name, sizeof instance_name, "%s/real_time", dc.name);
-                if (!ks_gbench_selected(instance_name))
-                    continue;
-                char why[256];
-                if (dc.entry != NULL && dc.entry->max_frame_bytes != 0 && dc.frame_bytes > dc.entry->max_frame_bytes) {
-                    snprintf(why, sizeof why, "FrameSize %zu is past its max_frame_bytes %zu", dc.frame_bytes,
-                             dc.entry->max_frame_bytes);
-                    skip(skip_context, dc.name, why);
-                    continue;
-                }
-                if (dc.entry != NULL && !dma_probe(&dc, why, sizeof why)) {
-                    skip(skip_context, dc.name, why);
-                    continue;
-                }
-                if (!dma_add(cases, &dc))
-                    return ks_error_set(err, STATUS_UNSUCCESSFUL, "DMA suite case table full");
-                ks_gbench *bench = ks_gbench_register(dc.name, dma_body, &cases->cases[cases->count - 1]);
-                if (bench == NULL) {
-                    skip(skip_context, dc.name, "Google Benchmark refused the registration");
-                    continue;
-                }
-                ks_gbench_use_real_time(bench);
-                (*registered)++;
+                NTSTATUS status = dma_register(cases, &dc, skip, skip_context, registered, err);
+                if (!NT_SUCCESS(status))
+                    return status;
             }
     for (size_t c = 0; c <= 2 * copy_count; c++) {
         dma_case dc = {.entry = NULL};
@@ -481,19 +485,9 @@ NTSTATUS ks_bench_register_dma(const ks_bench_config *config, ks_bench_skip_fn s
             snprintf(dc.name, sizeof dc.name, "dma_copy/%s/%zu", dc.kind == DMA_COPY_MEMCPY ? "memcpy" : "engine",
                      dc.frame_bytes);
         }
-        char instance_name[176];
-        snprintf(instance_name, sizeof instance_name, "%s/real_time", dc.name);
-        if (!ks_gbench_selected(instance_name))
-            continue;
-        if (!dma_add(cases, &dc))
-            return ks_error_set(err, STATUS_UNSUCCESSFUL, "DMA suite case table full");
-        ks_gbench *bench = ks_gbench_register(dc.name, dma_body, &cases->cases[cases->count - 1]);
-        if (bench == NULL) {
-            skip(skip_context, dc.name, "Google Benchmark refused the registration");
-            continue;
-        }
-        ks_gbench_use_real_time(bench);
-        (*registered)++;
+        NTSTATUS status = dma_register(cases, &dc, skip, skip_context, registered, err);
+        if (!NT_SUCCESS(status))
+            return status;
     }
     return STATUS_SUCCESS;
 }
