@@ -45,6 +45,20 @@ static inline void KS_K(free)(ks_bench_run *run, ks_bench_target *target, void *
 #endif
 }
 
+/* random_churn's and mixed_heap's step: free the slot's frame if it holds one, else fill it. */
+static inline void KS_K(toggle)(ks_bench_run *run, ks_bench_target *target, void **slot, uint64_t unit)
+{
+    if (*slot != NULL) {
+        KS_K(free)(run, target, *slot);
+        *slot = NULL;
+    } else {
+        void *frame = KS_K(allocate)(run, target);
+        if (frame != NULL)
+            ks_frame_touch(frame, unit);
+        *slot = frame;
+    }
+}
+
 static void KS_K(lifo_pair)(ks_bench_run *run, uint64_t units)
 {
     ks_bench_target *target = &run->targets[0];
@@ -82,18 +96,8 @@ static void KS_K(random_churn)(ks_bench_run *run, uint64_t units)
     ks_bench_target *target = &run->targets[0];
     void **slots = run->slots;
     uint32_t slot_count = run->slot_count;
-    for (uint64_t unit = 0; unit < units; unit++) {
-        uint32_t slot = ks_bench_rng_below(&run->rng, slot_count);
-        if (slots[slot] != NULL) {
-            KS_K(free)(run, target, slots[slot]);
-            slots[slot] = NULL;
-        } else {
-            void *frame = KS_K(allocate)(run, target);
-            if (frame != NULL)
-                ks_frame_touch(frame, unit);
-            slots[slot] = frame;
-        }
-    }
+    for (uint64_t unit = 0; unit < units; unit++)
+        KS_K(toggle)(run, target, &slots[ks_bench_rng_below(&run->rng, slot_count)], unit);
 }
 
 static void KS_K(stream_ring)(ks_bench_run *run, uint64_t units)
@@ -121,16 +125,7 @@ static void KS_K(mixed_heap)(ks_bench_run *run, uint64_t units)
     for (uint64_t unit = 0; unit < units; unit++) {
         uint32_t pin = ks_bench_rng_below(&run->rng, run->target_count);
         uint32_t slot = pin * per_target + ks_bench_rng_below(&run->rng, per_target);
-        ks_bench_target *target = &run->targets[pin];
-        if (slots[slot] != NULL) {
-            KS_K(free)(run, target, slots[slot]);
-            slots[slot] = NULL;
-        } else {
-            void *frame = KS_K(allocate)(run, target);
-            if (frame != NULL)
-                ks_frame_touch(frame, unit);
-            slots[slot] = frame;
-        }
+        KS_K(toggle)(run, &run->targets[pin], &slots[slot], unit);
     }
 }
 

@@ -615,12 +615,11 @@ static void thread_teardown(bench_case *bc, thread_state *ts)
 
 /* ---- The phases of a run ------------------------------------------------------------------------ */
 
-/* Untimed: caches, lazily built allocator state and first-touch page faults settle before the
- * timed loop. Producer and consumer must run the same count, so prodcons is never cut short. */
-static void warm_up(const bench_case *bc, ks_bench_run *run)
+/* Runs units of kernel in batches until they are done or max_ns has passed. prodcons runs them
+ * all at once: its producer and consumer must run the same count, so it is never cut short. */
+static void run_units_within(const bench_case *bc, ks_bench_kernel kernel, ks_bench_run *run, uint64_t units,
+                             uint64_t max_ns)
 {
-    ks_bench_kernel kernel = ks_bench_kernel_for(bc->workload, bc->impl, false);
-    uint64_t units = bc->shape.warm_units;
     if (bc->workload == KS_WL_MT_PRODCONS) {
         kernel(run, units);
         return;
@@ -630,34 +629,30 @@ static void warm_up(const bench_case *bc, ks_bench_run *run)
         uint64_t chunk = units - done < bc->shape.units_per_batch ? units - done : bc->shape.units_per_batch;
         kernel(run, chunk);
         done += chunk;
-        if (ks_timer_clock_ns() - start_ns > WARM_UP_MAX_NS)
+        if (ks_timer_clock_ns() - start_ns > max_ns)
             break;
     }
 }
 
+/* Untimed: caches, lazily built allocator state and first-touch page faults settle before the
+ * timed loop. */
+static void warm_up(const bench_case *bc, ks_bench_run *run)
+{
+    run_units_within(bc, ks_bench_kernel_for(bc->workload, bc->impl, false), run, bc->shape.warm_units,
+                     WARM_UP_MAX_NS);
+}
+
 /* The workload again with every Allocate and Free timed: at most latency_ops operations, and no
  * more units than the timed loop ran (so that the short runs Google Benchmark makes while it
- * sizes the loop stay short). prodcons runs the same count on both sides of a queue. */
+ * sizes the loop stay short). */
 static void latency_pass(const bench_case *bc, ks_bench_run *run, uint64_t iterations)
 {
-    ks_bench_kernel kernel = ks_bench_kernel_for(bc->workload, bc->impl, true);
     uint64_t units = bc->config->latency_ops / bc->shape.ops_per_unit;
     if (units > iterations)
         units = iterations;
     if (units == 0)
         units = 1;
-    if (bc->workload == KS_WL_MT_PRODCONS) {
-        kernel(run, units);
-        return;
-    }
-    uint64_t start_ns = ks_timer_clock_ns();
-    for (uint64_t done = 0; done < units;) {
-        uint64_t chunk = units - done < bc->shape.units_per_batch ? units - done : bc->shape.units_per_batch;
-        kernel(run, chunk);
-        done += chunk;
-        if (ks_timer_clock_ns() - start_ns > LATENCY_MAX_NS)
-            break;
-    }
+    run_units_within(bc, ks_bench_kernel_for(bc->workload, bc->impl, true), run, units, LATENCY_MAX_NS);
 }
 
 typedef struct memory_figures {
