@@ -30,6 +30,7 @@
 
 #include "framing.h"
 #include "ksalloc.h"
+#include "pool.h"
 
 /* Frames when the pin names none; written back into the framing. */
 #ifndef KS_POOL_DEFAULT_FRAMES
@@ -125,7 +126,7 @@ static void pool_delete(PVOID context)
     free(instance);
 }
 
-static PVOID pool_allocate(PVOID context)
+__attribute__((noinline)) PVOID ks_pool_allocate(PVOID context)
 {
     pool *instance = context;
     pool_node *node = instance->free_head;
@@ -134,7 +135,7 @@ static PVOID pool_allocate(PVOID context)
     return node;
 }
 
-static void pool_free(PVOID context, PVOID buffer)
+__attribute__((noinline)) void ks_pool_free(PVOID context, PVOID buffer)
 {
     pool *instance = context;
     pool_node *node = buffer;
@@ -200,8 +201,8 @@ static size_t pool_counters(PVOID context, ks_counter *out, size_t max_counters)
 static const KSALLOCATOR_DISPATCH pool_dispatch = {
     .InitializeAllocator = pool_initialize,
     .DeleteAllocator = pool_delete,
-    .Allocate = pool_allocate,
-    .Free = pool_free,
+    .Allocate = ks_pool_allocate,
+    .Free = ks_pool_free,
 };
 
 const ks_allocator_entry ks_allocator_pool = {

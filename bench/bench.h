@@ -7,7 +7,7 @@
  * three variants that differ only in how Allocate and Free are reached (kernels.h is the single
  * template they are instantiated from), so that the three sit in one run and read as ratios:
  *   table   through a KSALLOCATOR_DISPATCH, as every allocator is reached (indirect calls);
- *   direct  pool_copy's Allocate/Free called directly (the dispatch table's cost, by difference);
+ *   direct  pool's own Allocate/Free called directly (the dispatch table's cost, by difference);
  *   inline  a free list written into the loop (a LIFO stack of frame pointers beside the frames,
  *           so that its bookkeeping never touches frame memory): the bound. It is the cheapest
  *           correct allocator for these workloads, yet not a law: in memory-bound cases (frames
@@ -42,7 +42,7 @@ typedef enum ks_workload {
 
 typedef enum ks_impl {
     KS_IMPL_TABLE,  /* through entry->dispatch */
-    KS_IMPL_DIRECT, /* pool_copy called directly */
+    KS_IMPL_DIRECT, /* ks_pool_allocate / ks_pool_free called directly */
     KS_IMPL_INLINE, /* the inline free-list baseline */
     KS_IMPL_COUNT
 } ks_impl;

@@ -3,8 +3,8 @@
  *
  * table:  target->dispatch->Allocate(target->context), an indirect call through the table as
  *         the harness makes it; the table pointer is runtime data, so nothing is devirtualised.
- * direct: ks_bench_pool_copy_allocate(target->context), a direct call to a function in another
- *         translation unit, marked noinline: the same code as pool_copy behind its table.
+ * direct: ks_pool_allocate(target->context), a direct call into allocators/pool.c (marked
+ *         noinline there): the very code `pool` runs behind its table.
  * inline: a pop from / push to the thread's free list, a stack of frame pointers beside the
  *         frames (an intrusive list, linked through the frames as pool's is, was tried first: on
  *         4 KiB-strided frames its loads and stores to frame memory made the supposed bound
@@ -13,7 +13,7 @@
  *         ring, the cheapest correct way to recycle frames across two threads.
  */
 #include "bench.h"
-#include "pool_copy.h"
+#include "../allocators/pool.h"
 #include "timer.h"
 
 static inline void *inline_list_pop(ks_bench_target *target)
@@ -52,16 +52,16 @@ static inline void *inline_ring_pop(ks_bench_target *target)
 /* ---- direct -------------------------------------------------------------------------------- */
 #define KS_KERNEL_SUFFIX direct
 #define KS_KERNEL_TIMED 0
-#define KS_KERNEL_ALLOCATE(target) ks_bench_pool_copy_allocate((target)->context)
-#define KS_KERNEL_FREE(target, frame) ks_bench_pool_copy_free((target)->context, (frame))
+#define KS_KERNEL_ALLOCATE(target) ks_pool_allocate((target)->context)
+#define KS_KERNEL_FREE(target, frame) ks_pool_free((target)->context, (frame))
 #define KS_KERNEL_ALLOCATE_SHARED KS_KERNEL_ALLOCATE
 #define KS_KERNEL_FREE_SHARED KS_KERNEL_FREE
 #include "kernels.h"
 
 #define KS_KERNEL_SUFFIX direct_timed
 #define KS_KERNEL_TIMED 1
-#define KS_KERNEL_ALLOCATE(target) ks_bench_pool_copy_allocate((target)->context)
-#define KS_KERNEL_FREE(target, frame) ks_bench_pool_copy_free((target)->context, (frame))
+#define KS_KERNEL_ALLOCATE(target) ks_pool_allocate((target)->context)
+#define KS_KERNEL_FREE(target, frame) ks_pool_free((target)->context, (frame))
 #define KS_KERNEL_ALLOCATE_SHARED KS_KERNEL_ALLOCATE
 #define KS_KERNEL_FREE_SHARED KS_KERNEL_FREE
 #include "kernels.h"

@@ -18,9 +18,9 @@ import os
 import statistics
 
 BASELINE = "inline_freelist"
-DIRECT = "pool_copy_direct"
-TABLE = "pool_copy_table"
-BENCH_INTERNAL = (BASELINE, DIRECT, TABLE)
+DIRECT = "pool_direct"  # pool's Allocate/Free called without the table
+TABLE = "pool"  # the same code through its dispatch table, as catalogued
+BENCH_INTERNAL = (BASELINE, DIRECT)
 # General-purpose allocators ksalloc's own are compared with.
 PEERS = ("system", "jemalloc", "mimalloc", "tcmalloc")
 

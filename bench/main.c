@@ -261,8 +261,8 @@ static void report_skips(const ks_bench_suites *suites)
 static void print_preface(const driver *drv)
 {
     char hardware[256], software[256];
-    printf("ksalloc-bench: %zu benchmarks over %zu allocators (+ inline_freelist, pool_copy_direct, "
-           "pool_copy_table); suite %s; %zu cases skipped, each listed below as ks_skip.<name>: <reason>\n",
+    printf("ksalloc-bench: %zu benchmarks over %zu allocators (+ inline_freelist, "
+           "pool_direct); suite %s; %zu cases skipped, each listed below as ks_skip.<name>: <reason>\n",
            drv->suites.registered, drv->allocator_count, drv->config.quick ? "quick" : "default", drv->suites.skip_count);
     printf("timer: %s, %.1f ns per read (median; min %.1f, resolution %.1f); latencies include one read\n",
            ks_timer_state.source, ks_timer_state.cost_median_ns, ks_timer_state.cost_min_ns,

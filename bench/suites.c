@@ -10,8 +10,9 @@
  *
  *   inline_freelist    the workload with a free list (a stack of frame pointers) written into the
  *                      loop: the bound;
- *   pool_copy_direct   pool's algorithm (bench/pool_copy.c) called directly;
- *   pool_copy_table    the same code through a KSALLOCATOR_DISPATCH, as every allocator is called.
+ *   pool_direct        pool's own Allocate/Free (allocators/pool.h) called directly, beside
+ *                      `pool` itself through its table as every allocator is called: the
+ *                      dispatch table's cost.
  *
  * One run of a case (Google Benchmark calls the body several times: to find the iteration
  * count, then once per repetition) goes:
@@ -41,7 +42,7 @@
 #include "gbench_c.h"
 #include "heap.h"
 #include "dma_suite.h"
-#include "pool_copy.h"
+#include "../allocators/pool.h"
 #include "rss.h"
 #include "timer.h"
 
@@ -291,7 +292,7 @@ static void *target_allocate(ks_impl impl, ks_bench_target *target)
     case KS_IMPL_TABLE:
         return target->dispatch->Allocate(target->context);
     case KS_IMPL_DIRECT:
-        return ks_bench_pool_copy_allocate(target->context);
+        return ks_pool_allocate(target->context);
     default:
         return target->free_count != 0 ? target->free_stack[--target->free_count] : NULL;
     }
@@ -304,7 +305,7 @@ static void target_free(ks_impl impl, ks_bench_target *target, void *frame)
         target->dispatch->Free(target->context, frame);
         break;
     case KS_IMPL_DIRECT:
-        ks_bench_pool_copy_free(target->context, frame);
+        ks_pool_free(target->context, frame);
         break;
     default:
         target->free_stack[target->free_count++] = frame;
@@ -1042,13 +1043,12 @@ static void register_group(registrar *reg, ks_workload workload, size_t frame_by
     candidate.threads = threads;
     candidate.shape = shape_of(workload, frame_bytes);
     candidate.config = config;
-    size_t total = config->allocator_count + 3;
+    size_t total = config->allocator_count + 2;
     for (size_t index = 0; index < total && !reg->out_of_memory; index++) {
-        const ks_allocator_entry *entry = index < 3 ? &ks_bench_pool_copy_entry : config->allocators[index - 3].entry;
+        const ks_allocator_entry *entry = index < 2 ? &ks_allocator_pool : config->allocators[index - 2].entry;
         const char *label = index == 0   ? "inline_freelist"
-                            : index == 1 ? "pool_copy_direct"
-                            : index == 2 ? "pool_copy_table"
-                                         : config->allocators[index - 3].label;
+                            : index == 1 ? "pool_direct"
+                                         : config->allocators[index - 2].label;
         if (entry->caps & KS_CAP_DMA)
             continue; /* skipped once per allocator by ks_bench_register_suites */
         candidate.impl = index == 0 ? KS_IMPL_INLINE : index == 1 ? KS_IMPL_DIRECT : KS_IMPL_TABLE;

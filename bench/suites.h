@@ -1,7 +1,7 @@
 /*
  * suites.h -- registering the benchmark suites (suites.c) with Google Benchmark, over every
  * allocator the driver hands in (the catalogue and plugins), plus the inline free-list baseline
- * and the dispatch-cost pair (pool_copy called through its table and directly).
+ * and pool's Allocate/Free called directly (beside pool through its table: the dispatch cost).
  *
  * An allocator is benchmarked by being in that list: there is no per-allocator code. A
  * workload it cannot serve (InitializeAllocator fails or weakens the framing, a frame size past

@@ -114,7 +114,7 @@ def headlines(report):
                          accept=lambda group: not group[0].startswith("dma_"))
     lines.append("")
     lines += ratio_lines(report, ksbench.TABLE, ksbench.DIRECT,
-                         "dispatch table's cost: pool_copy via table / pool_copy called directly")
+                         "dispatch table's cost: pool via its table / pool's Allocate/Free called directly")
     lines.append("")
     lines += versus_peers(report)
     lines.append("")
