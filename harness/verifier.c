@@ -524,9 +524,15 @@ static void finish_op(verifier_instance *inst, uint64_t op_index, fault_batch *b
 static void check_null_locked(const verifier_instance *inst, uint64_t frees_before, uint64_t op_index,
                               fault_batch *batch)
 {
-    if (!inst->capacity_promised || atomic_load(&inst->frees_completed) != frees_before)
+    if (!inst->capacity_promised)
         return;
-    uint64_t others_in_flight = atomic_load(&inst->allocates_in_flight) - 1 + atomic_load(&inst->frees_in_flight);
+    /* A Free ends with frees_completed++ then frees_in_flight-- (outside the lock), so frees_in_flight
+     * is read first: if it already shows such a Free gone, frees_completed shows it done. Read the
+     * other way round, a Free finishing between the two reads is seen by neither. */
+    uint64_t frees_in_flight = atomic_load(&inst->frees_in_flight);
+    if (atomic_load(&inst->frees_completed) != frees_before)
+        return;
+    uint64_t others_in_flight = atomic_load(&inst->allocates_in_flight) - 1 + frees_in_flight;
     if (inst->owner.live + others_in_flight >= inst->framing.Frames)
         return;
     batch_add(batch, inst, KS_FAULT_NULL_PROMISED, op_index, 0,
