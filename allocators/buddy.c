@@ -298,7 +298,7 @@ static void buddy_state_destroy(buddy_state *state)
 {
     pthread_mutex_destroy(&state->lock);
     if (state->own_mapping != NULL)
-        munmap(state->own_mapping, state->own_mapping_bytes);
+        ks_region_unmap(state->own_mapping, state->own_mapping_bytes);
     free(state->map);
     free(state);
 }
@@ -369,7 +369,7 @@ static NTSTATUS buddy_open_private(buddy_instance *instance)
         return STATUS_INSUFFICIENT_RESOURCES;
     NTSTATUS status = buddy_state_create(region, region_bytes, order, &instance->state);
     if (!NT_SUCCESS(status)) {
-        munmap(region, region_bytes);
+        ks_region_unmap(region, region_bytes);
         return status;
     }
     instance->state->own_mapping = region;

@@ -3,7 +3,7 @@
  * a lock-free (Treiber) stack of free frame indices.
  *
  * Design: Frames frames (1024 when 0, written back) of FrameSize bytes (4096 when 0, written
- * back) are carved from one aligned block; frame i is block + i * stride. The free frames form a
+ * back) are carved from one aligned, mapped block; frame i is block + i * stride. The free frames form a
  * singly linked stack of indices. The head is one 64-bit word, (tag << 32) | top index, with
  * LOCKFREE_EMPTY (2^32 - 1) as the index of an empty stack, changed only by a single-width CAS.
  * Allocate pops: read head, read next[top], CAS head from (tag, top) to (tag + 1, next[top]).
@@ -54,7 +54,9 @@
  * for free). A double Free is not detected on the fast path -- that would cost a per-frame
  * atomic RMW -- and links the frame into the stack twice, i.e. a cycle; self_check finds it.
  *
- * Memory: Frames * stride bytes of frames, 4 bytes of link per frame, and an instance of three
+ * Memory: Frames * stride bytes of frames in one mapping (region.h: its pages are committed as
+ * frames on them are first handed out; the stack lists only indices, so initialisation touches
+ * no frame), 4 bytes of link per frame, and an instance of three
  * cache lines (head alone on the first, so its CAS traffic does not evict the read-only
  * configuration other threads need). Nothing grows after initialisation.
  *
@@ -79,6 +81,7 @@
 
 #include "framing.h"
 #include "ksalloc.h"
+#include "region.h"
 
 /* Frames when the pin names none; written back into the framing. */
 #ifndef KS_LOCKFREE_DEFAULT_FRAMES
@@ -176,20 +179,17 @@ static NTSTATUS lockfree_initialize(PVOID initial_context, PKSALLOCATOR_FRAMING 
     NTSTATUS status = ks_framing_settle(framing, &lockfree_framing_rules, &settled);
     if (!NT_SUCCESS(status))
         return status;
-    ks_framing_write_back(framing, &settled);
     size_t stride_bytes = settled.stride_bytes;
-
     size_t block_bytes = settled.block_bytes;
-    size_t block_align = settled.align_bytes < sizeof(void *) ? sizeof(void *) : settled.align_bytes;
     void *instance_memory = NULL;
-    void *block = NULL;
-    atomic_uint *next = calloc(framing->Frames, sizeof *next);
-    if (next == NULL || posix_memalign(&instance_memory, LOCKFREE_CACHE_LINE_BYTES, sizeof(lockfree)) != 0 ||
-        posix_memalign(&block, block_align, block_bytes) != 0) {
-        free(instance_memory);
+    atomic_uint *next = calloc(settled.frames, sizeof *next);
+    void *block = next != NULL ? ks_region_map_aligned(block_bytes, settled.align_bytes) : NULL;
+    if (block == NULL || posix_memalign(&instance_memory, LOCKFREE_CACHE_LINE_BYTES, sizeof(lockfree)) != 0) {
+        ks_region_unmap(block, block_bytes);
         free(next);
         return STATUS_INSUFFICIENT_RESOURCES;
     }
+    ks_framing_write_back(framing, &settled);
     lockfree *instance = memset(instance_memory, 0, sizeof(lockfree));
     instance->block = block;
     instance->next = next;
@@ -205,7 +205,7 @@ static NTSTATUS lockfree_initialize(PVOID initial_context, PKSALLOCATOR_FRAMING 
 static void lockfree_delete(PVOID context)
 {
     lockfree *instance = context;
-    free(instance->block); /* frames still live go with it */
+    ks_region_unmap(instance->block, instance->block_bytes); /* frames still live go with it */
     free(instance->next);
     free(instance);
 }

@@ -3,8 +3,9 @@
  * slab allocator; Bonwick & Adams 2001, magazines and vmem), in front of a fixed pool of frames.
  *
  * Design. The backing store is a fixed pool: Frames frames (1024 when 0, written back) of
- * FrameSize bytes (4096 when 0, written back) carved from one aligned block, the free ones kept
- * on a stack of frame pointers. A magazine is an array of KS_MAGAZINE_ROUNDS frame pointers
+ * FrameSize bytes (4096 when 0, written back) carved from one aligned, mapped block (region.h:
+ * pages are committed as frames on them are first handed out), the free ones kept on a stack of
+ * frame pointers. A magazine is an array of KS_MAGAZINE_ROUNDS frame pointers
  * ("rounds"). Each thread that calls an instance gets its own cache holding two magazines,
  * `loaded` and `previous`, with Bonwick's invariant that `previous` is always either full or
  * empty. The depot, behind one mutex, holds a list of full magazines, a list of empty ones and
@@ -119,6 +120,7 @@
 
 #include "framing.h"
 #include "ksalloc.h"
+#include "region.h"
 
 /* Rounds per magazine. A fixed constant, chosen so that a magazine (link, count, rounds) fills
  * exactly two cache lines. Bonwick sizes magazines per cache; for frames of a few KiB, 14 keeps
@@ -466,12 +468,12 @@ static const ks_framing_rules magazine_framing_rules = {
 /* The heap-allocated parts; the key and mutex are the caller's. */
 static NTSTATUS magazine_allocate_parts(magazine_allocator *allocator, size_t align_bytes)
 {
-    void *block = NULL;
     allocator->backing = calloc(allocator->frames, sizeof *allocator->backing);
     allocator->seen = calloc(((size_t)allocator->frames + 63) / 64, sizeof *allocator->seen);
-    if (allocator->backing == NULL || allocator->seen == NULL ||
-        posix_memalign(&block, align_bytes < sizeof(void *) ? sizeof(void *) : align_bytes,
-                       allocator->block_bytes) != 0) {
+    void *block = allocator->backing != NULL && allocator->seen != NULL
+                      ? ks_region_map_aligned(allocator->block_bytes, align_bytes)
+                      : NULL;
+    if (block == NULL) {
         free(allocator->backing);
         free(allocator->seen);
         return STATUS_INSUFFICIENT_RESOURCES;
@@ -495,7 +497,6 @@ static NTSTATUS magazine_initialize(PVOID initial_context, PKSALLOCATOR_FRAMING 
     NTSTATUS status = ks_framing_settle(framing, &magazine_framing_rules, &settled);
     if (!NT_SUCCESS(status))
         return status;
-    ks_framing_write_back(framing, &settled);
 
     magazine_allocator *allocator = calloc(1, sizeof *allocator);
     if (allocator == NULL)
@@ -506,7 +507,7 @@ static NTSTATUS magazine_initialize(PVOID initial_context, PKSALLOCATOR_FRAMING 
     atomic_init(&allocator->bad_frees, 0);
     status = magazine_allocate_parts(allocator, settled.align_bytes);
     if (NT_SUCCESS(status) && pthread_key_create(&allocator->key, magazine_thread_exit) != 0) {
-        free(allocator->block);
+        ks_region_unmap(allocator->block, allocator->block_bytes);
         free(allocator->backing);
         free(allocator->seen);
         status = STATUS_INSUFFICIENT_RESOURCES; /* the process ran out of keys */
@@ -516,6 +517,7 @@ static NTSTATUS magazine_initialize(PVOID initial_context, PKSALLOCATOR_FRAMING 
         return status;
     }
     pthread_mutex_init(&allocator->depot_lock, NULL);
+    ks_framing_write_back(framing, &settled);
     *context = allocator;
     return STATUS_SUCCESS;
 }
@@ -549,7 +551,7 @@ static void magazine_delete(PVOID context)
     magazine_free_list(allocator->depot_full);
     magazine_free_list(allocator->depot_empty);
     pthread_mutex_destroy(&allocator->depot_lock);
-    free(allocator->block); /* frames still live go with it */
+    ks_region_unmap(allocator->block, allocator->block_bytes); /* frames still live go with it */
     free(allocator->backing);
     free(allocator->seen);
     free(allocator);

@@ -3,8 +3,8 @@
  * were allocated (capture -> render: the oldest buffer is the first one returned).
  *
  * Design: Frames frames (64 when 0, written back) of FrameSize bytes (4096 when 0, written back)
- * are carved from one aligned block, slot i at block + i * stride. The occupied slots form the
- * arc [tail, head) of the ring. Allocate hands out the slot at head and advances it; Free of the
+ * are carved from one aligned, mapped block (region.h), slot i at block + i * stride. The
+ * occupied slots form the arc [tail, head) of the ring. Allocate hands out the slot at head and advances it; Free of the
  * slot at tail advances the tail over it and over every slot after it that was already freed, so
  * a stream freed in order never leaves the fast path. A Free that is not at the tail (out of
  * order) only marks the slot a "hole": it stays inside the arc until the tail reaches it and is
@@ -46,6 +46,7 @@
 
 #include "framing.h"
 #include "ksalloc.h"
+#include "region.h"
 
 /* Frames when the pin names none; written back into the framing. */
 #ifndef KS_RING_DEFAULT_FRAMES
@@ -144,19 +145,18 @@ static NTSTATUS ring_initialize(PVOID initial_context, PKSALLOCATOR_FRAMING fram
     NTSTATUS status = ks_framing_settle(framing, &ring_framing_rules, &settled);
     if (!NT_SUCCESS(status))
         return status;
-    ks_framing_write_back(framing, &settled);
     size_t stride_bytes = settled.stride_bytes;
 
     ring *instance = calloc(1, sizeof *instance);
-    ring_slot *slots = calloc(framing->Frames, sizeof *slots); /* calloc: every slot RING_SLOT_FREE */
+    ring_slot *slots = calloc(settled.frames, sizeof *slots); /* calloc: every slot RING_SLOT_FREE */
     size_t block_bytes = settled.block_bytes;
-    size_t block_align = settled.align_bytes < sizeof(void *) ? sizeof(void *) : settled.align_bytes;
-    void *block = NULL;
-    if (instance == NULL || slots == NULL || posix_memalign(&block, block_align, block_bytes) != 0) {
+    void *block = instance != NULL && slots != NULL ? ks_region_map_aligned(block_bytes, settled.align_bytes) : NULL;
+    if (block == NULL) {
         free(slots);
         free(instance);
         return STATUS_INSUFFICIENT_RESOURCES;
     }
+    ks_framing_write_back(framing, &settled);
     instance->block = block;
     instance->slots = slots;
     instance->stride_bytes = stride_bytes;
@@ -171,7 +171,7 @@ static NTSTATUS ring_initialize(PVOID initial_context, PKSALLOCATOR_FRAMING fram
 static void ring_delete(PVOID context)
 {
     ring *instance = context;
-    free(instance->block); /* frames still live go with it */
+    ks_region_unmap(instance->block, instance->block_bytes); /* frames still live go with it */
     free(instance->slots);
     free(instance);
 }

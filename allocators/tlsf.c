@@ -439,7 +439,7 @@ static void tlsf_control_destroy(tlsf_control *control)
 {
     pthread_mutex_destroy(&control->lock);
     if (control->own_mapping != NULL)
-        munmap(control->own_mapping, control->own_mapping_bytes);
+        ks_region_unmap(control->own_mapping, control->own_mapping_bytes);
     free(control);
 }
 
@@ -522,7 +522,7 @@ static NTSTATUS tlsf_open_private(tlsf_instance *instance)
     NTSTATUS status =
         tlsf_control_create(region + lead_bytes, slots * slot_bytes + TLSF_HEADER_BYTES, &instance->control);
     if (!NT_SUCCESS(status)) {
-        munmap(region, region_bytes);
+        ks_region_unmap(region, region_bytes);
         return status;
     }
     instance->control->own_mapping = region;

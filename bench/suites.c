@@ -43,6 +43,7 @@
 #include "heap.h"
 #include "dma_suite.h"
 #include "../allocators/pool.h"
+#include "../allocators/region.h"
 #include "rss.h"
 #include "timer.h"
 
@@ -433,6 +434,7 @@ static void shared_setup(bench_case *bc)
         return;
     }
     ks_histogram_reset(shared->latency);
+    ks_region_cache_trim(); /* regions an earlier run's instances gave back are not this run's RSS */
     if (bc->config->rss_peak_resettable)
         ks_rss_reset_peak();
     shared->rss_valid = ks_rss_read(&shared->rss_at_start);

@@ -1413,6 +1413,42 @@ Test(pool, self_check_catches_a_double_free)
     instance_delete(&inst);
 }
 
+/* Frames are handed out from a bump cursor until the free list has some: initialisation touches
+ * none, every frame is still served once, in address order, before NULL. */
+Test(pool, frames_never_handed_out_stay_untouched_until_needed)
+{
+    subject subj = builtin_subject("pool");
+    KSALLOCATOR_FRAMING framing = make_framing(3, 64, 63, false);
+    instance inst;
+    instance_open_ok(&inst, &subj, &framing, NULL, 0);
+    cr_assert_eq(counter_value(&inst, "untouched_frames"), 3);
+    char *a = instance_allocate(&inst);
+    cr_assert_eq(counter_value(&inst, "untouched_frames"), 2);
+    instance_free(&inst, a);
+    cr_assert_eq(instance_allocate(&inst), a, "the free list is used before the cursor");
+    cr_assert_eq(counter_value(&inst, "untouched_frames"), 2);
+    char *b = instance_allocate(&inst), *c = instance_allocate(&inst);
+    cr_assert_eq(b, a + 64);
+    cr_assert_eq(c, a + 128);
+    cr_assert_eq(counter_value(&inst, "untouched_frames"), 0);
+    cr_assert_null(instance_allocate(&inst), "Frames frames, then NULL");
+    instance_free(&inst, b);
+    cr_assert_eq(instance_allocate(&inst), b);
+    instance_delete(&inst);
+}
+
+Test(pool, self_check_catches_a_free_of_a_frame_never_handed_out)
+{
+    subject subj = builtin_subject("pool");
+    KSALLOCATOR_FRAMING framing = make_framing(4, 64, 7, false);
+    instance inst;
+    instance_open_ok(&inst, &subj, &framing, NULL, 0);
+    char *frame = instance_allocate(&inst);
+    instance_free(&inst, frame + 2 * 64); /* inside the block, on the stride, past the cursor */
+    expect_self_check_failure(&inst, "never handed out", "a free of a frame the pool never handed out");
+    instance_delete(&inst);
+}
+
 Test(pool, oversized_pool_is_refused_as_resources)
 {
     subject subj = builtin_subject("pool");
