@@ -955,3 +955,93 @@ Test(verifier, threads_at_the_capacity_edge_of_a_guaranteed_allocator_stay_silen
     v_delete(&shared);
     ks_verifier_destroy(verifier);
 }
+
+/* ---- frames running into memory ASan knows is not the frame's (ASan builds only) ------------- */
+/* The verifier's pattern loops are not instrumented (verifier.c, patterns); one range check per
+ * frame must still let ASan stop a frame that runs past its heap block, on the fill at Allocate
+ * and on the check at Free. The allocator below hands out heap blocks half as long as FrameSize. */
+#if defined(__SANITIZE_ADDRESS__)
+#define TEST_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define TEST_ASAN 1
+#endif
+#endif
+
+#ifdef TEST_ASAN
+#include <sanitizer/asan_interface.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#define ASAN_DIED_EXIT_CODE 77
+
+static void exit_on_asan_report(void)
+{
+    _exit(ASAN_DIED_EXIT_CODE); /* whatever ASAN_OPTIONS say about aborting */
+}
+
+typedef struct half_heap {
+    ULONG frame_bytes;
+} half_heap;
+
+static NTSTATUS half_heap_initialize(PVOID initial_context, PKSALLOCATOR_FRAMING framing, PVOID *context)
+{
+    (void)initial_context;
+    half_heap *heap = malloc(sizeof *heap);
+    if (heap == NULL)
+        return STATUS_INSUFFICIENT_RESOURCES;
+    heap->frame_bytes = framing->FrameSize;
+    *context = heap;
+    return STATUS_SUCCESS;
+}
+
+static void half_heap_delete(PVOID context)
+{
+    free(context);
+}
+
+static PVOID half_heap_allocate(PVOID context)
+{
+    const half_heap *heap = context;
+    return malloc(heap->frame_bytes / 2); /* the bug: short heap blocks */
+}
+
+static void half_heap_free(PVOID context, PVOID frame)
+{
+    (void)context;
+    free(frame);
+}
+
+static const KSALLOCATOR_DISPATCH half_heap_dispatch = {half_heap_initialize, half_heap_delete, half_heap_allocate,
+                                                        half_heap_free};
+static const ks_allocator_entry half_heap_entry = {
+    .abi_version = KSALLOC_ABI_VERSION,
+    .struct_bytes = sizeof(ks_allocator_entry),
+    .name = "half_heap",
+    .description = "heap blocks half as long as FrameSize",
+    .dispatch = &half_heap_dispatch,
+};
+
+Test(verifier_asan, a_frame_past_its_heap_block_is_stopped_by_asan_at_allocate, .exit_code = ASAN_DIED_EXIT_CODE)
+{
+    __asan_set_death_callback(exit_on_asan_report);
+    ks_verifier *verifier = open_session(NULL, 0, 0);
+    verified v;
+    open_verified(verifier, &half_heap_entry, framing_of(4, 256, 0, 0), NULL, &v);
+    v_allocate(&v); /* the fill writes past the 128-byte block */
+    cr_assert_fail("the fill of a frame running past its heap block was not stopped");
+}
+
+Test(verifier_asan, a_frame_freed_behind_the_verifier_is_stopped_by_asan_at_free, .exit_code = ASAN_DIED_EXIT_CODE)
+{
+    __asan_set_death_callback(exit_on_asan_report);
+    ks_verifier *verifier = open_session(NULL, 0, 0);
+    verified v;
+    open_verified(verifier, &ks_test_reference_entry, framing_of(4, 256, 0, 0), NULL, &v);
+    unsigned char *frame = v_allocate(&v);
+    cr_assert_not_null(frame);
+    ASAN_POISON_MEMORY_REGION(frame + 100, 8); /* as if the heap had taken these bytes back */
+    v_free(&v, frame); /* the check reads them */
+    cr_assert_fail("the check of a frame with poisoned bytes was not stopped");
+}
+#endif
