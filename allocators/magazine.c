@@ -5,7 +5,9 @@
  * Design. The backing store is a fixed pool: Frames frames (1024 when 0, written back) of
  * FrameSize bytes (4096 when 0, written back) carved from one aligned, mapped block (region.h:
  * pages are committed as frames on them are first handed out), the free ones kept on a stack of
- * frame pointers. A magazine is an array of KS_MAGAZINE_ROUNDS frame pointers
+ * frame pointers -- except frames never handed out, which sit past a cursor and are taken, in
+ * address order, only when the stack is empty (as the pool does), so initialisation and the
+ * self-check cost what has been used, not Frames. A magazine is an array of KS_MAGAZINE_ROUNDS frame pointers
  * ("rounds"). Each thread that calls an instance gets its own cache holding two magazines,
  * `loaded` and `previous`, with Bonwick's invariant that `previous` is always either full or
  * empty. The depot, behind one mutex, holds a list of full magazines, a list of empty ones and
@@ -198,7 +200,7 @@ struct magazine_allocator {
     /* Guarded by magazine_registry_lock. */
     uint32_t caches; /* live thread caches of this instance */
     /* The depot, guarded by depot_lock. Invariant when quiescent: every frame is live, or a round
-     * of exactly one magazine, or on the backing stack, exactly once. */
+     * of exactly one magazine, or on the backing stack, exactly once, or never handed out. */
     pthread_mutex_t depot_lock;
     magazine *depot_full; /* each holds KS_MAGAZINE_ROUNDS rounds */
     magazine *depot_empty;
@@ -207,6 +209,7 @@ struct magazine_allocator {
     uint32_t magazines;     /* in existence: in thread caches and in the depot */
     uint32_t backing_count; /* free frames on the backing stack */
     void **backing;         /* capacity Frames */
+    uint32_t fresh_index;   /* frames [fresh_index, frames) were never handed out; free, on no stack */
     uint64_t alloc_exchanges; /* Allocates that loaded a full magazine from the depot */
     uint64_t free_exchanges;  /* Frees that loaded an empty magazine from the depot */
     uint64_t backing_allocs;  /* Allocates served from the backing stack */
@@ -479,10 +482,8 @@ static NTSTATUS magazine_allocate_parts(magazine_allocator *allocator, size_t al
         return STATUS_INSUFFICIENT_RESOURCES;
     }
     allocator->block = block;
-    /* Stacked in reverse so that the first Allocates return frames in address order. */
-    for (uint32_t index = 0; index < allocator->frames; index++)
-        allocator->backing[index] = allocator->block + (size_t)(allocator->frames - 1 - index) * allocator->stride_bytes;
-    allocator->backing_count = allocator->frames;
+    allocator->backing_count = 0;
+    allocator->fresh_index = 0; /* every frame is fresh: the first Allocates return them in address order */
     return STATUS_SUCCESS;
 }
 
@@ -581,12 +582,15 @@ static void *magazine_depot_allocate(magazine_allocator *allocator, magazine_cac
         allocator->alloc_exchanges++;
         return full->round[--full->rounds];
     }
-    if (cache == NULL && allocator->backing_count == 0)
+    bool fresh_left = allocator->fresh_index < allocator->frames;
+    if (cache == NULL && allocator->backing_count == 0 && !fresh_left)
         magazine_depot_break_full(allocator);
-    if (allocator->backing_count == 0)
+    if (allocator->backing_count == 0 && !fresh_left)
         return NULL;
     allocator->backing_allocs++;
     allocator->allocs_folded += cache == NULL;
+    if (allocator->backing_count == 0)
+        return allocator->block + (size_t)allocator->fresh_index++ * allocator->stride_bytes;
     return allocator->backing[--allocator->backing_count];
 }
 
@@ -737,6 +741,12 @@ static NTSTATUS magazine_check_frame(magazine_allocator *allocator, const void *
         return STATUS_DATA_ERROR;
     }
     size_t index = offset_bytes / allocator->stride_bytes;
+    if (index >= allocator->fresh_index) {
+        snprintf(why, why_bytes, "magazine: %s %u holds frame %zu (%p), which was never handed out (frames from %u on "
+                 "were not): a Free of a pointer this instance did not hand out", where, position, index, frame,
+                 (unsigned)allocator->fresh_index);
+        return STATUS_DATA_ERROR;
+    }
     uint64_t bit = UINT64_C(1) << (index % 64);
     if (allocator->seen[index / 64] & bit) {
         snprintf(why, why_bytes, "magazine: %s %u holds frame %zu (%p), which is free elsewhere too (a double free)",
@@ -819,7 +829,7 @@ static NTSTATUS magazine_check_caches(magazine_allocator *allocator, uint32_t *c
 /* Both locks held: every free frame exactly once; magazines and caches all accounted for. */
 static NTSTATUS magazine_check_locked(magazine_allocator *allocator, char *why, size_t why_bytes)
 {
-    memset(allocator->seen, 0, ((size_t)allocator->frames + 63) / 64 * sizeof allocator->seen[0]);
+    memset(allocator->seen, 0, ((size_t)allocator->fresh_index + 63) / 64 * sizeof allocator->seen[0]);
     for (uint32_t position = 0; position < allocator->backing_count; position++) {
         NTSTATUS status = magazine_check_frame(allocator, allocator->backing[position], "backing stack entry", position,
                                                why, why_bytes);
@@ -838,7 +848,8 @@ static NTSTATUS magazine_check_locked(magazine_allocator *allocator, char *why, 
     if (!NT_SUCCESS(status))
         return status;
     uint64_t magazines = (uint64_t)allocator->depot_full_count + allocator->depot_empty_count + 2u * caches_seen;
-    uint64_t free_frames = allocator->backing_count + (uint64_t)allocator->depot_full_count * KS_MAGAZINE_ROUNDS;
+    uint64_t free_frames = allocator->backing_count + (uint64_t)allocator->depot_full_count * KS_MAGAZINE_ROUNDS +
+                           (allocator->frames - allocator->fresh_index);
     for (const magazine_cache *cache = magazine_registry; cache != NULL; cache = cache->registry_next)
         if (cache->allocator == allocator)
             free_frames += cache->loaded->rounds + cache->previous->rounds;
@@ -886,6 +897,7 @@ static size_t magazine_counters(PVOID context, ks_counter *out, size_t max_count
     slow_allocs = slow_allocs < allocs ? slow_allocs : allocs;
     const ks_counter counters[] = {
         {"frames", allocator->frames},
+        {"untouched_frames", allocator->frames - allocator->fresh_index},
         {"stride_bytes", allocator->stride_bytes},
         {"reserved_bytes", allocator->block_bytes + (size_t)allocator->frames * sizeof(void *) +
                                (size_t)allocator->magazines * sizeof(magazine) + (size_t)caches * sizeof(magazine_cache)},

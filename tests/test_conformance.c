@@ -1449,6 +1449,41 @@ Test(pool, self_check_catches_a_free_of_a_frame_never_handed_out)
     instance_delete(&inst);
 }
 
+/* magazine takes frames never handed out from a cursor too, after its backing stack. */
+Test(magazine, frames_never_handed_out_stay_untouched_until_needed)
+{
+    subject subj = builtin_subject("magazine");
+    KSALLOCATOR_FRAMING framing = make_framing(3, 64, 63, false);
+    instance inst;
+    instance_open_ok(&inst, &subj, &framing, NULL, 0);
+    cr_assert_eq(counter_value(&inst, "untouched_frames"), 3);
+    char *a = instance_allocate(&inst), *b = instance_allocate(&inst), *c = instance_allocate(&inst);
+    cr_assert_eq(b, a + 64, "fresh frames come in address order");
+    cr_assert_eq(c, a + 128);
+    cr_assert_eq(counter_value(&inst, "untouched_frames"), 0);
+    cr_assert_null(instance_allocate(&inst), "Frames frames, then NULL");
+    check_self(&inst, "with every frame live");
+    instance_free(&inst, b);
+    cr_assert_eq(instance_allocate(&inst), b);
+    instance_free(&inst, a);
+    instance_free(&inst, b);
+    instance_free(&inst, c);
+    check_self(&inst, "with every frame free");
+    instance_delete(&inst);
+}
+
+Test(magazine, self_check_catches_a_free_of_a_frame_never_handed_out)
+{
+    subject subj = builtin_subject("magazine");
+    KSALLOCATOR_FRAMING framing = make_framing(4, 64, 7, false);
+    instance inst;
+    instance_open_ok(&inst, &subj, &framing, NULL, 0);
+    char *frame = instance_allocate(&inst);
+    instance_free(&inst, frame + 2 * 64); /* inside the block, on the stride, past the cursor */
+    expect_self_check_failure(&inst, "never handed out", "a free of a frame the magazine never handed out");
+    instance_delete(&inst);
+}
+
 Test(pool, oversized_pool_is_refused_as_resources)
 {
     subject subj = builtin_subject("pool");
