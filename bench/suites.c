@@ -43,6 +43,7 @@
 #include "heap.h"
 #include "dma_suite.h"
 #include "../allocators/pool.h"
+#include "../allocators/jemalloc_idle.h"
 #include "../allocators/region.h"
 #include "rss.h"
 #include "timer.h"
@@ -434,7 +435,10 @@ static void shared_setup(bench_case *bc)
         return;
     }
     ks_histogram_reset(shared->latency);
-    ks_region_cache_trim(); /* regions an earlier run's instances gave back are not this run's RSS */
+    /* What an earlier run's instances gave back and the allocators keep for reuse is not this
+     * run's RSS. */
+    ks_region_cache_trim();
+    ks_jemalloc_idle_trim();
     if (bc->config->rss_peak_resettable)
         ks_rss_reset_peak();
     shared->rss_valid = ks_rss_read(&shared->rss_at_start);

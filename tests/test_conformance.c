@@ -47,6 +47,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "../allocators/jemalloc_idle.h"
 #include "catalogue.h"
 #include "dma/dma.h"
 #include "heap.h"
@@ -1684,12 +1685,59 @@ Test(tcmalloc, free_of_a_frame_not_live_is_reported_not_passed_on)
 
 /* ---- jemalloc ------------------------------------------------------------------------------- */
 
+/* The defaults of KS_JEMALLOC_IDLE_ARENAS, KS_JEMALLOC_IDLE_ARENA_MAX_BYTES and
+ * KS_JEMALLOC_TCACHE_AFTER_ALLOCS in allocators/jemalloc.c. */
+#define JEMALLOC_IDLE_ARENAS 8u
+#define JEMALLOC_IDLE_ARENA_MAX_BYTES ((size_t)8 << 20)
+#define JEMALLOC_TCACHE_AFTER_ALLOCS 256u
+
 static unsigned jemalloc_arena_of(void *frame)
 {
     unsigned arena = UINT32_MAX;
     size_t arena_bytes = sizeof arena;
     cr_assert_eq(mallctl("arenas.lookup", &arena, &arena_bytes, &frame, sizeof frame), 0, "arenas.lookup(%p)", frame);
     return arena;
+}
+
+/* Whether the arena exists: jemalloc answers EFAULT for a destroyed arena's index (until a new
+ * arena takes the index over, which these tests do not do in between). */
+static bool jemalloc_arena_exists(unsigned arena)
+{
+    char name[64];
+    ssize_t decay_ms = 0;
+    size_t decay_bytes = sizeof decay_ms;
+    snprintf(name, sizeof name, "arena.%u.dirty_decay_ms", arena);
+    return mallctl(name, &decay_ms, &decay_bytes, NULL, 0) == 0;
+}
+
+/* stats.arenas.<arena>.<stat> after an epoch refresh; the arena must exist. */
+static size_t jemalloc_arena_stat_now(unsigned arena, const char *stat)
+{
+    uint64_t epoch = 1;
+    size_t epoch_bytes = sizeof epoch;
+    cr_assert_eq(mallctl("epoch", &epoch, &epoch_bytes, &epoch, epoch_bytes), 0);
+    char name[96];
+    size_t value = 0, value_bytes = sizeof value;
+    snprintf(name, sizeof name, "stats.arenas.%u.%s", arena, stat);
+    cr_assert_eq(mallctl(name, &value, &value_bytes, NULL, 0), 0, "mallctl(%s)", name);
+    return value;
+}
+
+/* A parked arena: it exists, and its reset left it no active page and no allocated byte. */
+static void expect_parked_and_empty(unsigned arena, const char *what)
+{
+    cr_assert(jemalloc_arena_exists(arena), "%s: arena %u was destroyed, not parked", what, arena);
+    cr_assert_eq(jemalloc_arena_stat_now(arena, "pactive"), 0, "%s: parked arena %u has active pages", what, arena);
+    cr_assert_eq(jemalloc_arena_stat_now(arena, "small.allocated"), 0, "%s: parked arena %u holds small frames",
+                 what, arena);
+    cr_assert_eq(jemalloc_arena_stat_now(arena, "large.allocated"), 0, "%s: parked arena %u holds large frames",
+                 what, arena);
+}
+
+static int compare_pointers(const void *left, const void *right)
+{
+    uintptr_t a = (uintptr_t) * (void *const *)left, b = (uintptr_t) * (void *const *)right;
+    return (a > b) - (a < b);
 }
 
 Test(jemalloc, private_instances_have_their_own_arenas)
@@ -1702,7 +1750,6 @@ Test(jemalloc, private_instances_have_their_own_arenas)
     uint64_t first_arena = counter_value(&first, "arena"), second_arena = counter_value(&second, "arena");
     cr_assert_neq(first_arena, second_arena, "two private instances share arena %llu",
                   (unsigned long long)first_arena);
-    cr_assert_eq(counter_value(&first, "explicit_tcache"), 1, "the instance should have its own tcache");
     void *a = instance_allocate(&first), *b = instance_allocate(&second);
     cr_assert_eq(jemalloc_arena_of(a), first_arena, "frame %p is not from the instance's arena", a);
     cr_assert_eq(jemalloc_arena_of(b), second_arena, "frame %p is not from the instance's arena", b);
@@ -1712,9 +1759,266 @@ Test(jemalloc, private_instances_have_their_own_arenas)
     instance_delete(&second);
 }
 
+/* The explicit tcache comes after the first JEMALLOC_TCACHE_AFTER_ALLOCS allocations, and frames
+ * allocated before it are freed through it without harm. */
+Test(jemalloc, an_instance_takes_its_explicit_tcache_after_its_first_allocations)
+{
+    subject subj = builtin_subject("jemalloc");
+    KSALLOCATOR_FRAMING framing = make_framing(0, 256, 15, false);
+    instance inst;
+    instance_open_ok(&inst, &subj, &framing, NULL, 0);
+    unsigned arena = (unsigned)counter_value(&inst, "arena");
+    cr_assert_eq(counter_value(&inst, "explicit_tcache"), 0, "a tcache before the first allocation");
+    void *early[8];
+    for (unsigned index = 0; index < 8; index++)
+        cr_assert_not_null(early[index] = instance_allocate(&inst));
+    cr_assert_eq(counter_value(&inst, "explicit_tcache"), 0, "a tcache after 8 allocations");
+    unsigned allocations = 8;
+    while (counter_value(&inst, "explicit_tcache") == 0 && allocations < 4 * JEMALLOC_TCACHE_AFTER_ALLOCS) {
+        void *frame = instance_allocate(&inst);
+        cr_assert_not_null(frame);
+        instance_free(&inst, frame);
+        allocations++;
+    }
+    cr_assert_eq(allocations, JEMALLOC_TCACHE_AFTER_ALLOCS, "the tcache came after %u allocations, not %u",
+                 allocations, JEMALLOC_TCACHE_AFTER_ALLOCS);
+    for (unsigned index = 0; index < 8; index++) { /* allocated without the tcache, freed through it */
+        cr_assert_eq(jemalloc_arena_of(early[index]), arena);
+        instance_free(&inst, early[index]);
+    }
+    void *late = instance_allocate(&inst);
+    cr_assert_eq(jemalloc_arena_of(late), arena, "frame %p from the tcache is not of arena %u", late, arena);
+    check_self(&inst, "after the switch to the tcache");
+    instance_delete(&inst);
+}
+
+/* DeleteAllocator resets the arena and parks it (it used to destroy it): the arena still exists,
+ * holds nothing, and ks_jemalloc_idle_trim destroys it. Large frames (64 KiB: extents) and small
+ * ones (256 B: slabs, some in the tcache) are left live at DeleteAllocator. */
+Test(jemalloc, delete_resets_and_parks_the_private_arena)
+{
+    subject subj = builtin_subject("jemalloc");
+    ks_jemalloc_idle_trim();
+    KSALLOCATOR_FRAMING large = make_framing(0, 65536, 63, false), small = make_framing(0, 256, 15, false);
+    instance large_inst, small_inst;
+    instance_open_ok(&large_inst, &subj, &large, NULL, 0);
+    instance_open_ok(&small_inst, &subj, &small, NULL, 1);
+    unsigned large_arena = (unsigned)counter_value(&large_inst, "arena");
+    unsigned small_arena = (unsigned)counter_value(&small_inst, "arena");
+    for (unsigned index = 0; index < 8; index++)
+        memset(instance_allocate(&large_inst), 0x5a, 65536);
+    void *small_frames[2 * JEMALLOC_TCACHE_AFTER_ALLOCS];
+    for (unsigned index = 0; index < 2 * JEMALLOC_TCACHE_AFTER_ALLOCS; index++)
+        cr_assert_not_null(small_frames[index] = instance_allocate(&small_inst));
+    for (unsigned index = 0; index < JEMALLOC_TCACHE_AFTER_ALLOCS; index += 2)
+        instance_free(&small_inst, small_frames[index]); /* into the tcache */
+    cr_assert_eq(counter_value(&small_inst, "explicit_tcache"), 1);
+    cr_assert_gt(jemalloc_arena_stat_now(large_arena, "large.allocated"), 0, "the test's own control");
+    cr_assert_gt(jemalloc_arena_stat_now(small_arena, "small.allocated"), 0, "the test's own control");
+    instance_delete(&large_inst); /* eight frames live */
+    instance_delete(&small_inst); /* 384 frames live, 128 in the tcache */
+    expect_parked_and_empty(large_arena, "64 KiB frames");
+    expect_parked_and_empty(small_arena, "256-byte frames");
+    cr_assert_eq(ks_jemalloc_idle_trim(), 2, "the two arenas should have been parked");
+    cr_assert_not(jemalloc_arena_exists(large_arena), "arena %u survived ks_jemalloc_idle_trim", large_arena);
+    cr_assert_not(jemalloc_arena_exists(small_arena), "arena %u survived ks_jemalloc_idle_trim", small_arena);
+    cr_assert_eq(ks_jemalloc_idle_trim(), 0);
+}
+
+/* The next instance takes the parked arena, gets none of its earlier frames twice, and two
+ * instances open together never share one. */
+Test(jemalloc, the_next_instance_reuses_a_parked_arena_alone)
+{
+    subject subj = builtin_subject("jemalloc");
+    ks_jemalloc_idle_trim();
+    KSALLOCATOR_FRAMING framing = make_framing(0, 256, 15, false);
+    enum { FRAMES = 3 * JEMALLOC_TCACHE_AFTER_ALLOCS };
+    instance first;
+    instance_open_ok(&first, &subj, &framing, NULL, 0);
+    cr_assert_eq(counter_value(&first, "arena_reused"), 0, "nothing was parked");
+    unsigned first_arena = (unsigned)counter_value(&first, "arena");
+    for (unsigned index = 0; index < FRAMES; index++) {
+        void *frame = instance_allocate(&first);
+        if (index % 2)
+            instance_free(&first, frame);
+    }
+    instance_delete(&first);
+    instance reuser, other;
+    instance_open_ok(&reuser, &subj, &framing, NULL, 0);
+    instance_open_ok(&other, &subj, &framing, NULL, 1);
+    cr_assert_eq(counter_value(&reuser, "arena"), first_arena, "the parked arena was not taken");
+    cr_assert_eq(counter_value(&reuser, "arena_reused"), 1);
+    cr_assert_neq(counter_value(&other, "arena"), first_arena, "two open instances share the parked arena");
+    cr_assert_eq(counter_value(&other, "arena_reused"), 0);
+    static void *frames[FRAMES];
+    for (unsigned index = 0; index < FRAMES; index++) {
+        cr_assert_not_null(frames[index] = instance_allocate(&reuser));
+        cr_assert_eq(jemalloc_arena_of(frames[index]), first_arena);
+        memset(frames[index], 0x3c, 256);
+    }
+    qsort(frames, FRAMES, sizeof frames[0], compare_pointers);
+    for (unsigned index = 1; index < FRAMES; index++)
+        cr_assert_geq((uintptr_t)frames[index], (uintptr_t)frames[index - 1] + 256, "frames %p and %p overlap",
+                      frames[index - 1], frames[index]);
+    check_self(&reuser, "with a reused arena");
+    for (unsigned index = 0; index < FRAMES; index++)
+        instance_free(&reuser, frames[index]);
+    instance_delete(&reuser);
+    instance_delete(&other);
+    cr_assert_eq(ks_jemalloc_idle_trim(), 2);
+}
+
+/* At most JEMALLOC_IDLE_ARENAS arenas are parked; the others are destroyed at DeleteAllocator. */
+Test(jemalloc, at_most_the_cap_of_arenas_is_parked)
+{
+    subject subj = builtin_subject("jemalloc");
+    ks_jemalloc_idle_trim();
+    KSALLOCATOR_FRAMING framing = make_framing(0, 4096, 63, false);
+    enum { OPEN = JEMALLOC_IDLE_ARENAS + 4 };
+    instance insts[OPEN];
+    unsigned arenas[OPEN];
+    for (unsigned index = 0; index < OPEN; index++) {
+        instance_open_ok(&insts[index], &subj, &framing, NULL, index);
+        arenas[index] = (unsigned)counter_value(&insts[index], "arena");
+        cr_assert_not_null(instance_allocate(&insts[index]));
+    }
+    cr_assert_eq(ks_jemalloc_idle_trim(), 0, "open instances' arenas are not idle");
+    for (unsigned index = 0; index < OPEN; index++)
+        instance_delete(&insts[index]);
+    unsigned existing = 0;
+    for (unsigned index = 0; index < OPEN; index++)
+        if (jemalloc_arena_exists(arenas[index])) {
+            expect_parked_and_empty(arenas[index], "one of many");
+            existing++;
+        }
+    cr_assert_eq(existing, JEMALLOC_IDLE_ARENAS, "%u arenas of %u deleted instances still exist", existing, OPEN);
+    cr_assert_eq(ks_jemalloc_idle_trim(), JEMALLOC_IDLE_ARENAS);
+    for (unsigned index = 0; index < OPEN; index++)
+        cr_assert_not(jemalloc_arena_exists(arenas[index]), "arena %u survived the trim", arenas[index]);
+}
+
+/* An arena whose instance had more than JEMALLOC_IDLE_ARENA_MAX_BYTES live is purged before it is
+ * parked; a smaller one keeps its pages for the next instance. */
+Test(jemalloc, a_parked_arena_keeps_its_pages_up_to_the_byte_cap)
+{
+    subject subj = builtin_subject("jemalloc");
+    ks_jemalloc_idle_trim();
+    const size_t big_frame_bytes = 4u << 20, small_frame_bytes = 64u << 10;
+    KSALLOCATOR_FRAMING big = make_framing(0, (ULONG)big_frame_bytes, 4095, false);
+    KSALLOCATOR_FRAMING small = make_framing(0, (ULONG)small_frame_bytes, 4095, false);
+    instance big_inst, small_inst;
+    instance_open_ok(&big_inst, &subj, &big, NULL, 0);
+    instance_open_ok(&small_inst, &subj, &small, NULL, 1);
+    unsigned big_arena = (unsigned)counter_value(&big_inst, "arena");
+    unsigned small_arena = (unsigned)counter_value(&small_inst, "arena");
+    size_t big_frames = JEMALLOC_IDLE_ARENA_MAX_BYTES / big_frame_bytes + 1; /* just over the cap */
+    for (size_t index = 0; index < big_frames; index++)
+        memset(instance_allocate(&big_inst), 0x11, big_frame_bytes);
+    for (size_t index = 0; index < 8; index++) /* 512 KiB, well under */
+        memset(instance_allocate(&small_inst), 0x22, small_frame_bytes);
+    instance_delete(&big_inst);
+    instance_delete(&small_inst);
+    expect_parked_and_empty(big_arena, "over the byte cap");
+    expect_parked_and_empty(small_arena, "under the byte cap");
+    cr_assert_eq(jemalloc_arena_stat_now(big_arena, "pdirty"), 0, "arena %u kept %zu dirty pages over the cap",
+                 big_arena, jemalloc_arena_stat_now(big_arena, "pdirty"));
+    cr_assert_eq(jemalloc_arena_stat_now(big_arena, "pmuzzy"), 0);
+    size_t page_bytes = 0, page_value_bytes = sizeof page_bytes;
+    cr_assert_eq(mallctl("arenas.page", &page_bytes, &page_value_bytes, NULL, 0), 0);
+    cr_assert_geq(jemalloc_arena_stat_now(small_arena, "pdirty") * page_bytes, 8 * small_frame_bytes,
+                  "arena %u gave back the pages the next instance would reuse", small_arena);
+    cr_assert_eq(ks_jemalloc_idle_trim(), 2);
+}
+
+/* A private instance's self_check reads its arena's live page count (no longer an epoch
+ * snapshot): frames freed behind the instance's back leave fewer active pages than live frames. */
+Test(jemalloc, self_check_sees_frames_freed_behind_the_instance)
+{
+    subject subj = builtin_subject("jemalloc");
+    KSALLOCATOR_FRAMING framing = make_framing(0, 65536, 63, false);
+    instance inst;
+    instance_open_ok(&inst, &subj, &framing, NULL, 0);
+    void *frames[4];
+    for (unsigned index = 0; index < 4; index++)
+        cr_assert_not_null(frames[index] = instance_allocate(&inst));
+    check_self(&inst, "with four frames live");
+    for (unsigned index = 0; index < 4; index++) /* large frames: straight back to the arena */
+        dallocx(frames[index], MALLOCX_TCACHE_NONE);
+    expect_self_check_failure(&inst, "fewer than 4 live frames", "four frames freed behind the instance");
+    instance_delete(&inst);
+}
+
+/* Instances opened and deleted on two threads at once: every open instance has an arena no other
+ * open instance holds (arena_holders counts the open holders of each arena index). The threads
+ * record their first failure, which the main thread reports (Criterion asserts only there). */
+enum { JEMALLOC_RACE_ROUNDS = 300, JEMALLOC_MAX_ARENA_INDEX = 4096 };
+static atomic_uint arena_holders[JEMALLOC_MAX_ARENA_INDEX];
+
+typedef struct jemalloc_race {
+    const subject *subj;
+    char failure[256];
+} jemalloc_race;
+
+static unsigned jemalloc_arena_counter(const instance *inst)
+{
+    ks_counter counters[MAX_COUNTERS];
+    size_t count = inst->subj->entry->counters(inst->context, counters, MAX_COUNTERS);
+    for (size_t index = 0; index < count; index++)
+        if (strcmp(counters[index].name, "arena") == 0)
+            return (unsigned)counters[index].value;
+    return UINT32_MAX;
+}
+
+static void *jemalloc_open_delete_loop(void *arg)
+{
+    jemalloc_race *race = arg;
+    KSALLOCATOR_FRAMING framing = make_framing(0, 512, 63, false);
+    for (unsigned round = 0; round < JEMALLOC_RACE_ROUNDS && race->failure[0] == '\0'; round++) {
+        instance inst;
+        NTSTATUS status = instance_open(&inst, race->subj, &framing, NULL, round % 4);
+        if (status != STATUS_SUCCESS) {
+            snprintf(race->failure, sizeof race->failure, "InitializeAllocator: %s", ks_status_name(status));
+            break;
+        }
+        unsigned arena = jemalloc_arena_counter(&inst);
+        unsigned holders = arena < JEMALLOC_MAX_ARENA_INDEX ? atomic_fetch_add(&arena_holders[arena], 1) + 1 : 0;
+        void *frame = instance_allocate(&inst);
+        unsigned owner = UINT32_MAX;
+        size_t owner_bytes = sizeof owner;
+        if (holders != 1)
+            snprintf(race->failure, sizeof race->failure, "arena %u is held by %u open instances", arena, holders);
+        else if (frame == NULL || mallctl("arenas.lookup", &owner, &owner_bytes, &frame, sizeof frame) != 0 ||
+                 owner != arena)
+            snprintf(race->failure, sizeof race->failure, "frame %p of arena %u, not %u", frame, owner, arena);
+        else
+            memset(frame, 0x6b, 512);
+        if (holders != 0)
+            atomic_fetch_sub(&arena_holders[arena], 1);
+        instance_delete(&inst); /* with the frame live */
+    }
+    return NULL;
+}
+
+Test(jemalloc, instances_on_two_threads_never_share_an_arena)
+{
+    subject subj = builtin_subject("jemalloc");
+    ks_jemalloc_idle_trim();
+    jemalloc_race races[2] = {{.subj = &subj}, {.subj = &subj}};
+    pthread_t threads[2];
+    for (unsigned index = 0; index < 2; index++)
+        cr_assert_eq(pthread_create(&threads[index], NULL, jemalloc_open_delete_loop, &races[index]), 0);
+    for (unsigned index = 0; index < 2; index++)
+        cr_assert_eq(pthread_join(threads[index], NULL), 0);
+    for (unsigned index = 0; index < 2; index++)
+        cr_assert_eq(races[index].failure[0], '\0', "thread %u: %s", index, races[index].failure);
+    unsigned parked = ks_jemalloc_idle_trim();
+    cr_assert(parked >= 1 && parked <= 2, "%u arenas parked by two threads", parked);
+}
+
 Test(jemalloc, shared_heap_instances_share_one_arena_until_the_last_leaves)
 {
     subject subj = builtin_subject("jemalloc");
+    ks_jemalloc_idle_trim();
     ks_heap *heap = NULL;
     ks_error err;
     ks_error_clear(&err);
@@ -1724,34 +2028,22 @@ Test(jemalloc, shared_heap_instances_share_one_arena_until_the_last_leaves)
     instance_open_ok(&first, &subj, &small, heap, 0);
     instance_open_ok(&second, &subj, &large, heap, 1);
     cr_assert_eq(counter_value(&first, "arena"), counter_value(&second, "arena"), "pins on one heap, two arenas");
+    unsigned arena = (unsigned)counter_value(&first, "arena");
     cr_assert_str_eq(ks_heap_family(heap), "jemalloc");
     void *a = instance_allocate(&first), *b = instance_allocate(&second);
     cr_assert_eq(jemalloc_arena_of(a), jemalloc_arena_of(b));
     instance_delete(&first); /* with a live: freed one by one, the arena stays for the second pin */
     cr_assert_str_eq(ks_heap_family(heap), "jemalloc", "the arena went with the first pin");
     memset(b, 0x77, 65536); /* still usable */
-    instance_free(&second, b);
-    instance_delete(&second);
+    cr_assert_eq(ks_jemalloc_idle_trim(), 0, "the shared arena is not idle while a pin uses it");
+    instance_delete(&second); /* with b live */
     cr_assert_null(ks_heap_family(heap), "the last pin left but the heap is still attached");
+    expect_parked_and_empty(arena, "the shared heap's arena after the last pin");
     cr_assert_eq(ks_heap_destroy(heap, &err), STATUS_SUCCESS, "%s", err.message);
-}
-
-Test(jemalloc, delete_destroys_the_private_arena)
-{
-    subject subj = builtin_subject("jemalloc");
-    KSALLOCATOR_FRAMING framing = make_framing(0, 65536, 63, false);
-    instance inst;
-    instance_open_ok(&inst, &subj, &framing, NULL, 0);
-    unsigned arena = (unsigned)counter_value(&inst, "arena");
-    for (unsigned index = 0; index < 8; index++)
-        cr_assert_not_null(instance_allocate(&inst));
-    instance_delete(&inst); /* eight frames live */
-    /* A destroyed arena can no longer be destroyed (nor reset): jemalloc answers EFAULT or
-     * ENOENT for its index, unless a new arena has taken the index over, which this process
-     * does not do in between. */
-    char name[64];
-    snprintf(name, sizeof name, "arena.%u.reset", arena);
-    cr_assert_neq(mallctl(name, NULL, NULL, NULL, 0), 0, "arena %u still exists after DeleteAllocator", arena);
+    instance next;
+    instance_open_ok(&next, &subj, &small, NULL, 0);
+    cr_assert_eq(counter_value(&next, "arena"), arena, "the shared heap's parked arena was not reused");
+    instance_delete(&next);
 }
 
 Test(jemalloc, free_of_a_frame_not_live_is_reported_on_a_shared_heap)
