@@ -38,19 +38,25 @@
  * slot is always found (one slot by the second chance, a run of them by good fit), and there are
  * Frames slots (tlsf_open_private). On a shared heap other pins' frames of other sizes fragment
  * the region and may take all of it, so the entry does not claim KS_CAP_GUARANTEED. A pin that
- * asks for MUST_ALLOCATE on a shared heap keeps frames_promised - frames_live blocks set aside
+ * asks for MUST_ALLOCATE on a shared heap keeps frames_promised - frames_live frames set aside
  * (taken at InitializeAllocator, which fails with STATUS_INSUFFICIENT_RESOURCES if the heap
  * cannot supply them, and refilled by Free), so its promise holds whatever the other pins do.
+ * They are reserved as runs of slots (header + payload rounded up to the alignment), one run of
+ * Frames slots when the heap has a block that large, and Allocate carves a run's frames off its
+ * front one at a time: InitializeAllocator writes a header per run, not per frame, and a frame's
+ * memory is first touched when it is handed out (tlsf_fill_set_aside).
  *
  * Complexity. Allocate and Free: O(1), a bounded number of bit scans, list and header updates,
  * whatever the region size or number of blocks. DeleteAllocator: O(1) privately, O(blocks) on a
- * shared heap (a walk for the instance's blocks). self_check: O(blocks).
+ * shared heap (a walk for the instance's blocks). self_check: O(blocks), the lists visited through
+ * the bitmaps.
  *
  * Memory overhead. 16 bytes of header per frame, plus up to 31 bytes of tail too small to split
  * off; privately, the payload rounded up so that header + payload is a multiple of the
  * alignment (a 4 KiB frame aligned to 4 KiB takes 8 KiB); on a shared heap, an aligned frame may
  * leave a free gap before it that only smaller requests can use. About 8.3 KiB of control per
- * region (32 x 32 list heads) and 160 bytes per instance.
+ * region (32 x 32 list heads, of which only the heads of non-empty lists are ever written or
+ * read: creating a region zeroes the bitmaps, not the heads) and 170 bytes per instance.
  *
  * Thread safety. Each control block, shared or private, has one mutex taken by every operation,
  * so an instance may be called from many threads at once (KS_CAP_THREAD_SAFE). Pins on one heap
@@ -127,11 +133,10 @@ _Static_assert(TLSF_MAX_FRAME_BYTES <= UINT32_MAX && TLSF_MAX_ALIGN_BYTES <= TLS
 
 typedef struct tlsf_control {
     pthread_mutex_t lock; /* guards everything below and the instances' counters */
-    /* Invariants: bit fl of fl_bitmap iff sl_bitmap[fl] != 0; bit sl of sl_bitmap[fl] iff
-     * heads[fl][sl] != NULL; free_bytes / free_blocks sum the free blocks' payloads / count them. */
+    /* Invariants: bit fl of fl_bitmap iff sl_bitmap[fl] != 0; free_bytes / free_blocks sum the
+     * free blocks' payloads / count them. */
     uint32_t fl_bitmap;
     uint32_t sl_bitmap[TLSF_FL_COUNT];
-    tlsf_block *heads[TLSF_FL_COUNT][TLSF_SL_COUNT];
     uintptr_t lo; /* the first block's header */
     uintptr_t hi; /* the sentinel header is at hi - 16 */
     size_t free_bytes;
@@ -139,6 +144,11 @@ typedef struct tlsf_control {
     ks_region_tags tags;
     void *own_mapping; /* a private region this control block unmaps when destroyed; NULL on a heap */
     size_t own_mapping_bytes;
+    /* List (fl, sl) exists iff bit sl of sl_bitmap[fl] is set, and then heads[fl][sl] is its first
+     * block (never NULL); the head of an empty list is never read, so it is never initialised:
+     * the 8 KiB here are touched only where lists are (last in the struct for that reason, see
+     * tlsf_control_create). */
+    tlsf_block *heads[TLSF_FL_COUNT][TLSF_SL_COUNT];
 } tlsf_control;
 
 typedef struct tlsf_instance {
@@ -149,14 +159,16 @@ typedef struct tlsf_instance {
                            * multiple of the alignment), at least TLSF_MIN_PAYLOAD_BYTES */
     size_t align_bytes;   /* FileAlignment + 1 */
     size_t pad_bytes;     /* added to good fit's search: align + 16 on a shared heap, else 0 */
+    size_t slot_bytes;    /* header + payload rounded up to the alignment: one frame of a run */
     unsigned tag;
     char pin_name[32];
     /* Guarded by control->lock. Invariant: frames_set_aside == max(0, frames_promised -
-     * frames_live); held_bytes sums header + payload of the blocks with this tag. */
+     * frames_live), the frames the set-aside blocks hold (tlsf_set_aside_frames); held_bytes sums
+     * header + payload of the blocks with this tag. */
     uint64_t frames_live;
     uint64_t frames_set_aside;
     uint64_t frames_promised;
-    tlsf_block *set_aside; /* linked through next_free */
+    tlsf_block *set_aside; /* the SET_ASIDE blocks, linked through next_free */
     uint64_t held_bytes;
     uint64_t allocate_failures;
     uint64_t bad_frees_ignored;
@@ -247,12 +259,18 @@ static tlsf_block *tlsf_find(const tlsf_control *control, unsigned *fl, unsigned
 
 /* ---- free lists ------------------------------------------------------------------------------ */
 
+/* The first block of list (fl, sl), or NULL when the list is empty (its head is then undefined). */
+static tlsf_block *tlsf_list_head(const tlsf_control *control, unsigned fl, unsigned sl)
+{
+    return (control->sl_bitmap[fl] >> sl) & 1u ? control->heads[fl][sl] : NULL;
+}
+
 static void tlsf_insert_free(tlsf_control *control, tlsf_block *block)
 {
     unsigned fl, sl;
     tlsf_mapping_insert(tlsf_size(block), &fl, &sl);
     block->prev_free = NULL;
-    block->next_free = control->heads[fl][sl];
+    block->next_free = tlsf_list_head(control, fl, sl);
     if (block->next_free != NULL)
         block->next_free->prev_free = block;
     control->heads[fl][sl] = block;
@@ -365,7 +383,7 @@ static tlsf_block *tlsf_find_exact_fit(const tlsf_control *control, size_t size,
     tlsf_mapping_insert(size, &fl, &sl);
     if (fl >= TLSF_FL_COUNT)
         return NULL;
-    tlsf_block *block = control->heads[fl][sl];
+    tlsf_block *block = tlsf_list_head(control, fl, sl);
     for (unsigned tried = 0; block != NULL && tried < TLSF_EXACT_FIT_TRIES; tried++, block = block->next_free)
         if (tlsf_fits(block, size, align_bytes))
             return block;
@@ -417,8 +435,11 @@ static NTSTATUS tlsf_control_create(void *base, size_t bytes, tlsf_control **con
     uintptr_t hi = ((uintptr_t)base + bytes) & ~(uintptr_t)(TLSF_ALIGN_BYTES - 1);
     if (hi <= lo || hi - lo < TLSF_MIN_BLOCK_BYTES + TLSF_HEADER_BYTES || hi - lo > (1ull << TLSF_MAX_REGION_LOG2))
         return STATUS_INSUFFICIENT_RESOURCES;
-    tlsf_control *control = calloc(1, sizeof *control);
-    if (control == NULL || pthread_mutex_init(&control->lock, NULL) != 0) {
+    tlsf_control *control = malloc(sizeof *control);
+    if (control == NULL)
+        return STATUS_INSUFFICIENT_RESOURCES;
+    memset(control, 0, offsetof(tlsf_control, heads)); /* the heads are written as lists appear */
+    if (pthread_mutex_init(&control->lock, NULL) != 0) {
         free(control);
         return STATUS_INSUFFICIENT_RESOURCES;
     }
@@ -492,6 +513,7 @@ static NTSTATUS tlsf_choose_framing(tlsf_instance *instance, KSALLOCATOR_FRAMING
     instance->payload_bytes = payload_bytes;
     instance->align_bytes = align_bytes;
     instance->pad_bytes = shared && align_bytes > TLSF_ALIGN_BYTES ? align_bytes + TLSF_HEADER_BYTES : 0;
+    instance->slot_bytes = (TLSF_HEADER_BYTES + payload_bytes + align_bytes - 1) & ~(align_bytes - 1);
     instance->framing = *framing;
     return STATUS_SUCCESS;
 }
@@ -579,11 +601,9 @@ static void tlsf_close(tlsf_instance *instance)
     instance->heap->detach(instance->heap, TLSF_FAMILY, tlsf_heap_destroy);
 }
 
-/* A block of this instance's size and alignment, tagged as its own, or NULL. */
-static tlsf_block *tlsf_take_own(tlsf_instance *instance)
+/* A used block (from tlsf_take) becomes the instance's: tagged, counted in held_bytes. */
+static tlsf_block *tlsf_own(tlsf_instance *instance, tlsf_block *block)
 {
-    tlsf_block *block =
-        tlsf_take(instance->control, instance->payload_bytes, instance->align_bytes, instance->pad_bytes);
     if (block != NULL) {
         block->word = (block->word & (TLSF_SIZE_MASK | TLSF_PREV_FREE)) | (uint64_t)instance->tag << TLSF_TAG_SHIFT;
         instance->held_bytes += TLSF_HEADER_BYTES + tlsf_size(block);
@@ -591,26 +611,89 @@ static tlsf_block *tlsf_take_own(tlsf_instance *instance)
     return block;
 }
 
+/* A block of this instance's size and alignment, tagged as its own, or NULL. */
+static tlsf_block *tlsf_take_own(tlsf_instance *instance)
+{
+    return tlsf_own(instance,
+                    tlsf_take(instance->control, instance->payload_bytes, instance->align_bytes, instance->pad_bytes));
+}
+
+/*
+ * The frames a set-aside block holds. A frame (given back by Free, or taken alone) holds one: its
+ * header + payload is under two slots (a payload is at most payload_bytes + 16, a slot at least
+ * 16 + payload_bytes >= 32). A run -- a block of two or more whole slots, its payload aligned,
+ * reserved at InitializeAllocator -- holds one frame per slot; Allocate carves them off its front.
+ */
+static uint64_t tlsf_set_aside_frames(const tlsf_instance *instance, const tlsf_block *block)
+{
+    uint64_t block_bytes = TLSF_HEADER_BYTES + tlsf_size(block);
+    return block_bytes >= 2 * (uint64_t)instance->slot_bytes ? block_bytes / instance->slot_bytes : 1u;
+}
+
 static void tlsf_set_aside_push(tlsf_instance *instance, tlsf_block *block)
 {
     block->word |= TLSF_SET_ASIDE;
     block->next_free = instance->set_aside;
     instance->set_aside = block;
-    instance->frames_set_aside++;
+    instance->frames_set_aside += tlsf_set_aside_frames(instance, block);
 }
 
-/* MUST_ALLOCATE on a shared heap: take Frames blocks now, so that other pins cannot. */
+/* The head of the set-aside list, as a frame (still flagged SET_ASIDE). A run gives its first slot:
+ * the rest, still a set-aside block (a run or one frame), takes its place in the list. O(1). */
+static tlsf_block *tlsf_set_aside_pop(tlsf_instance *instance)
+{
+    tlsf_block *block = instance->set_aside;
+    if (tlsf_set_aside_frames(instance, block) == 1) {
+        instance->set_aside = block->next_free;
+    } else {
+        tlsf_block *rest = (tlsf_block *)((uintptr_t)block + instance->slot_bytes);
+        rest->prev_phys = block;
+        rest->word = (uint64_t)(tlsf_size(block) - instance->slot_bytes) | TLSF_SET_ASIDE |
+                     (uint64_t)instance->tag << TLSF_TAG_SHIFT;
+        tlsf_next(rest)->prev_phys = rest;
+        rest->next_free = block->next_free;
+        instance->set_aside = rest;
+        tlsf_set_size(block, instance->slot_bytes - TLSF_HEADER_BYTES);
+    }
+    instance->frames_set_aside--;
+    return block;
+}
+
+/*
+ * MUST_ALLOCATE on a shared heap: reserve Frames frames now, so that other pins cannot take them.
+ * As runs (tlsf_set_aside_frames): one run of Frames slots when the heap has a free block that
+ * large, halving the run while it has not, and single frames taken as Allocate takes them when
+ * not even two slots are left in one piece. One header per run is written here; the heap's pages
+ * are touched as Allocate carves frames, not all at InitializeAllocator. A slot is never more
+ * than the space a frame takes alone, and a failed take changes nothing, so this fails only where
+ * taking the frames one by one would run out too.
+ */
 static NTSTATUS tlsf_fill_set_aside(tlsf_instance *instance)
 {
     tlsf_control *control = instance->control;
     NTSTATUS status = STATUS_SUCCESS;
     pthread_mutex_lock(&control->lock);
     instance->frames_promised = instance->framing.Frames;
+    uint64_t run_frames = (control->hi - control->lo) / instance->slot_bytes; /* no run is larger */
     while (instance->frames_set_aside < instance->frames_promised) {
-        tlsf_block *block = tlsf_take_own(instance);
-        if (block == NULL) {
-            status = STATUS_INSUFFICIENT_RESOURCES;
-            break;
+        uint64_t owed = instance->frames_promised - instance->frames_set_aside;
+        if (run_frames > owed)
+            run_frames = owed;
+        tlsf_block *block = NULL;
+        if (run_frames >= 2) {
+            block = tlsf_take(control, run_frames * instance->slot_bytes - TLSF_HEADER_BYTES, instance->align_bytes,
+                              instance->pad_bytes);
+            if (block == NULL) {
+                run_frames /= 2; /* and never larger again: the free blocks only shrink from here */
+                continue;
+            }
+            tlsf_own(instance, block);
+        } else {
+            block = tlsf_take_own(instance);
+            if (block == NULL) {
+                status = STATUS_INSUFFICIENT_RESOURCES;
+                break;
+            }
         }
         tlsf_set_aside_push(instance, block);
     }
@@ -663,10 +746,9 @@ static PVOID tlsf_allocate(PVOID context)
     tlsf_instance *instance = context;
     tlsf_control *control = instance->control;
     pthread_mutex_lock(&control->lock);
-    tlsf_block *block = instance->set_aside;
-    if (block != NULL) {
-        instance->set_aside = block->next_free;
-        instance->frames_set_aside--;
+    tlsf_block *block = NULL;
+    if (instance->set_aside != NULL) {
+        block = tlsf_set_aside_pop(instance);
         block->word &= ~(uint64_t)TLSF_SET_ASIDE;
     } else {
         block = tlsf_take_own(instance);
@@ -774,6 +856,8 @@ static tlsf_block *tlsf_census_visit(void *arg, tlsf_block *block)
     tlsf_block *next = tlsf_next(block);
     bool free_block = tlsf_has(block, TLSF_FREE);
     bool prev_free = block->prev_phys != NULL && tlsf_has(block->prev_phys, TLSF_FREE);
+    bool own = !free_block && tlsf_tag(block) == census->instance->tag;
+    bool own_run = own && tlsf_has(block, TLSF_SET_ASIDE) && tlsf_set_aside_frames(census->instance, block) > 1;
     const char *broken = NULL;
     if (next->prev_phys != block)
         broken = "the next block's prev_phys does not point back";
@@ -786,6 +870,8 @@ static tlsf_block *tlsf_census_visit(void *arg, tlsf_block *block)
     else if (free_block ? (block->word >> TLSF_TAG_SHIFT) != 0 || tlsf_has(block, TLSF_SET_ASIDE)
                         : !ks_region_tag_in_use(&census->control->tags, tlsf_tag(block)))
         broken = free_block ? "free but tagged or set aside" : "used by a tag no instance has";
+    else if (own_run && (tlsf_payload(block) & (census->instance->align_bytes - 1)) != 0)
+        broken = "a set-aside run whose payload is not aligned: its frames would not be";
     if (broken != NULL) {
         tlsf_why(census->why, census->why_bytes, "block 0x%" PRIxPTR " (word 0x%" PRIx64 "): %s", (uintptr_t)block,
                  block->word, broken);
@@ -794,8 +880,8 @@ static tlsf_block *tlsf_census_visit(void *arg, tlsf_block *block)
     if (free_block) {
         census->free_blocks++;
         census->free_bytes += tlsf_size(block);
-    } else if (tlsf_tag(block) == census->instance->tag) {
-        census->own_set_aside += tlsf_has(block, TLSF_SET_ASIDE);
+    } else if (own) {
+        census->own_set_aside += tlsf_has(block, TLSF_SET_ASIDE) ? tlsf_set_aside_frames(census->instance, block) : 0;
         census->own_live += !tlsf_has(block, TLSF_SET_ASIDE);
         census->own_bytes += TLSF_HEADER_BYTES + tlsf_size(block);
     }
@@ -825,22 +911,25 @@ static NTSTATUS tlsf_check_list(const tlsf_control *control, unsigned fl, unsign
     return STATUS_SUCCESS;
 }
 
-/* Every list holds blocks of its own range only, the lists hold as many blocks as the walk found
- * free (so every free block is in its list), and the bitmaps say which lists are non-empty. */
+/* Every list the bitmaps name is non-empty and holds blocks of its own range only, and the lists
+ * hold as many blocks as the walk found free, so every free block is in the list of its range: a
+ * bit cleared while its list still held blocks leaves them out of the count. O(free blocks): only
+ * the lists that exist are visited. */
 static NTSTATUS tlsf_check_lists(const tlsf_control *control, const tlsf_census *census, char *why, size_t why_bytes)
 {
     uint64_t listed = 0;
     for (unsigned fl = 0; fl < TLSF_FL_COUNT; fl++) {
-        for (unsigned sl = 0; sl < TLSF_SL_COUNT; sl++) {
-            NTSTATUS status = tlsf_check_list(control, fl, sl, census->free_blocks, &listed, why, why_bytes);
-            if (!NT_SUCCESS(status))
-                return status;
-            if (((control->sl_bitmap[fl] >> sl) & 1u) != (control->heads[fl][sl] != NULL))
-                return tlsf_why(why, why_bytes, "sl_bitmap[%u] bit %u disagrees with its list", fl, sl);
-        }
         if (((control->fl_bitmap >> fl) & 1u) != (control->sl_bitmap[fl] != 0))
             return tlsf_why(why, why_bytes, "fl_bitmap bit %u disagrees with sl_bitmap[%u] = 0x%08x", fl, fl,
                             control->sl_bitmap[fl]);
+        for (uint32_t lists = control->sl_bitmap[fl]; lists != 0; lists &= lists - 1) {
+            unsigned sl = (unsigned)__builtin_ctz(lists);
+            if (control->heads[fl][sl] == NULL)
+                return tlsf_why(why, why_bytes, "sl_bitmap[%u] bit %u is set but its list is empty", fl, sl);
+            NTSTATUS status = tlsf_check_list(control, fl, sl, census->free_blocks, &listed, why, why_bytes);
+            if (!NT_SUCCESS(status))
+                return status;
+        }
     }
     if (listed != census->free_blocks || control->free_blocks != census->free_blocks ||
         control->free_bytes != census->free_bytes)
@@ -862,11 +951,12 @@ static NTSTATUS tlsf_check_instance(const tlsf_instance *instance, const tlsf_ce
                         " bytes, the headers %" PRIu64 " + %" PRIu64 " in %" PRIu64,
                         instance->pin_name, instance->tag, instance->frames_live, instance->frames_set_aside,
                         instance->held_bytes, census->own_live, census->own_set_aside, census->own_bytes);
-    uint64_t listed = 0;
+    uint64_t listed = 0; /* frames */
     for (const tlsf_block *block = instance->set_aside; block != NULL; block = block->next_free) {
         uintptr_t addr = (uintptr_t)block;
-        if (++listed > instance->frames_set_aside || addr < instance->control->lo || addr >= instance->control->hi ||
-            !tlsf_has(block, TLSF_SET_ASIDE) || tlsf_has(block, TLSF_FREE) || tlsf_tag(block) != instance->tag)
+        if (addr < instance->control->lo || addr >= instance->control->hi || !tlsf_has(block, TLSF_SET_ASIDE) ||
+            tlsf_has(block, TLSF_FREE) || tlsf_tag(block) != instance->tag ||
+            (listed += tlsf_set_aside_frames(instance, block)) > instance->frames_set_aside)
             return tlsf_why(why, why_bytes, "pin '%s': set-aside node 0x%" PRIxPTR " is not its set-aside block",
                             instance->pin_name, addr);
     }
