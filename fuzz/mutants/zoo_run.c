@@ -7,7 +7,8 @@
  * allocators that claim KS_CAP_THREAD_SAFE, re-reads the same bytes: the same config gives pin
  * 0's framing, and each byte after it becomes one op of one of two threads (bit 0 picks the
  * thread, bits 1-3 the kind with the decoder's 4:3:1 allocate/free/touch weights, bits 4-7 which
- * of the thread's own frames). The threads meet at a barrier, run their lists at least
+ * of the thread's own frames). The threads meet at a barrier, then again before every
+ * THREAD_MEET_OPS-th op (so their ops start together, see thread_meet), run their lists at least
  * THREAD_ROUNDS times and for at least thread_min_ops ops each (KS_ZOO_THREAD_MIN_OPS when
  * fuzzing) over one verified instance, and free what they still hold; the verifier's shadow
  * map is thread-safe, so a frame handed to both threads at once is a double-handout and a frame
@@ -20,6 +21,7 @@
 #include "zoo_run.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
@@ -35,6 +37,10 @@
 /* Above this FrameSize one round is enough: the pattern fills dominate and the race window is
  * no wider for bigger frames. */
 #define THREAD_BIG_FRAME_BYTES 65536u
+/* The threads meet before every THREAD_MEET_OPS-th op, so that their next ops start together
+ * (see thread_meet); a waiting thread polls this many times before it goes on alone. */
+#define THREAD_MEET_OPS 4u
+#define THREAD_MEET_SPINS 4096u
 
 _Static_assert(THREAD_COUNT == 2, "bit 0 of an op byte picks the thread");
 
@@ -174,9 +180,37 @@ typedef struct thread_op {
     uint8_t selector; /* which of the thread's live frames, modulo how many it holds */
 } thread_op;
 
+/* A two-thread rendezvous that gives up: arrivals counts up forever, and the arrivals 2k and
+ * 2k+1 meet (a thread that gave up waiting is paired with whoever comes next). */
+typedef struct thread_meeting {
+    _Atomic unsigned long arrivals;
+    _Atomic unsigned finished; /* threads past their last meeting: nobody waits for them */
+} thread_meeting;
+
+/* Overlap is what shows a race, and a loaded machine gives little of it: each thread may run its
+ * whole op list inside one time slice while the other waits for a CPU (a saved race input then
+ * took hundreds of replays, and once escaped 1,000, with eight busy loops on two cores). So the
+ * threads meet every few ops: the first to arrive spins, so it is on a CPU when the other comes,
+ * and both leave together, their next ops -- often the same Allocate -- starting within a
+ * cache-line transfer of each other. When the partner does not come within THREAD_MEET_SPINS
+ * polls (it is descheduled) the thread goes on alone: waiting for a time slice would cost
+ * milliseconds per meeting (yielding instead made one replay take 80 s under that load). The
+ * meetings only shape the timing: the op lists are the same, and the allocator and the verifier
+ * see nothing of them. */
+static void thread_meet(thread_meeting *meeting)
+{
+    unsigned long ticket = atomic_fetch_add_explicit(&meeting->arrivals, 1, memory_order_acq_rel);
+    unsigned long leave_at = ticket - ticket % THREAD_COUNT + THREAD_COUNT;
+    for (unsigned polls = 0; polls < THREAD_MEET_SPINS; polls++)
+        if (atomic_load_explicit(&meeting->arrivals, memory_order_acquire) >= leave_at ||
+            atomic_load_explicit(&meeting->finished, memory_order_acquire) != 0)
+            return;
+}
+
 typedef struct thread_plan {
     void *instance; /* the verifier's context for the shared instance */
     pthread_barrier_t *start;
+    thread_meeting *meeting;
     unsigned rounds;
     unsigned op_count;
     thread_op ops[THREAD_OPS_MAX];
@@ -242,9 +276,14 @@ static void *thread_main(void *arg)
 {
     thread_plan *plan = arg;
     pthread_barrier_wait(plan->start);
+    unsigned long steps = 0;
     for (unsigned round = 0; round < plan->rounds; round++)
-        for (unsigned i = 0; i < plan->op_count; i++)
+        for (unsigned i = 0; i < plan->op_count; i++) {
+            if (steps++ % THREAD_MEET_OPS == 0)
+                thread_meet(plan->meeting);
             thread_step(plan, &plan->ops[i]);
+        }
+    atomic_fetch_add_explicit(&plan->meeting->finished, 1, memory_order_acq_rel);
     while (plan->live > 0)
         thread_free_at(plan, plan->live - 1);
     return NULL;
@@ -255,21 +294,28 @@ static NTSTATUS run_threads(thread_plan plans[THREAD_COUNT], ks_error *err)
     pthread_barrier_t start;
     if (pthread_barrier_init(&start, NULL, THREAD_COUNT) != 0)
         return ks_error_set(err, STATUS_INSUFFICIENT_RESOURCES, "zoo: pthread_barrier_init failed");
-    pthread_t threads[THREAD_COUNT];
+    thread_meeting meeting;
+    atomic_init(&meeting.arrivals, 0);
+    atomic_init(&meeting.finished, 0);
+    for (unsigned i = 0; i < THREAD_COUNT; i++) {
+        plans[i].start = &start;
+        plans[i].meeting = &meeting;
+    }
+    /* The calling thread runs the last plan itself. */
+    pthread_t threads[THREAD_COUNT - 1];
     unsigned started = 0;
-    for (; started < THREAD_COUNT; started++) {
-        plans[started].start = &start;
+    for (; started < THREAD_COUNT - 1; started++)
         if (pthread_create(&threads[started], NULL, thread_main, &plans[started]) != 0)
             break;
-    }
-    if (started < THREAD_COUNT) {
-        /* The barrier waits for a thread that does not exist: run it here instead. */
-        thread_main(&plans[started]);
-    }
+    NTSTATUS status = STATUS_SUCCESS;
+    if (started == THREAD_COUNT - 1)
+        thread_main(&plans[THREAD_COUNT - 1]);
+    else
+        status = ks_error_set(err, STATUS_INSUFFICIENT_RESOURCES, "zoo: pthread_create failed for thread %u", started);
     for (unsigned i = 0; i < started; i++)
         pthread_join(threads[i], NULL);
     pthread_barrier_destroy(&start);
-    return STATUS_SUCCESS;
+    return status;
 }
 
 static NTSTATUS run_thread_phase(const ks_allocator_entry *entry, const uint8_t *data, size_t size_bytes,
