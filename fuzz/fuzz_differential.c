@@ -158,7 +158,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     diff_run run;
     memset(&run, 0, sizeof run);
-    run.verifier = ks_fuzz_verifier_create();
+    run.verifier = ks_fuzz_verifier_begin();
     size_t config_end = open_members(&run, data, size);
     if (run.member_count > 0) {
         ks_byte_reader reader = {.data = data, .size_bytes = size, .offset = config_end};
@@ -166,6 +166,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     for (unsigned m = 0; m < run.member_count; m++)
         ks_fuzz_engine_close(run.members[m].engine);
-    ks_verifier_destroy(run.verifier);
+    ks_fuzz_verifier_end(run.verifier);
     return 0;
 }

@@ -2,7 +2,7 @@
  * fuzz_helpers.h -- what every ksalloc fuzz target shares: the libFuzzer entry points, a check
  * macro that NDEBUG cannot switch off, and the one way of turning input bytes into a run (decode
  * a config for the given entries with ks_decode_config, decode ops with ks_decode_op, step them
- * through the engine with a fresh verifier session).
+ * through the engine with a verifier session reset for each input).
  *
  * Byte format of an allocator input (fuzz_alloc_*, the single-threaded part of fuzz_plugin, and
  * `ksalloc replay --fuzz-input`): [config bytes as ks_decode_config reads them][op bytes as
@@ -51,8 +51,11 @@ _Noreturn void ks_fuzz_fail(const char *file, int line, const char *condition, c
  * LLVMFuzzerInitialize. */
 void ks_fuzz_set_identity(const char *target, const char *allocator_spec);
 
-/* A verifier session whose first fault aborts the process (printing it first). */
-ks_verifier *ks_fuzz_verifier_create(void);
+/* The calling thread's verifier session, whose first fault aborts the process (printing it
+ * first): begin at the start of an input, end when every instance opened on it is deleted (end
+ * resets the session for the next input and aborts if an instance is still open). */
+ks_verifier *ks_fuzz_verifier_begin(void);
+void ks_fuzz_verifier_end(ks_verifier *verifier);
 
 /* Opens an engine over config with verifier (may be NULL). false when an allocator refused the
  * decoded framing, which is its right (the verifier has already judged the write-back); any
@@ -66,7 +69,7 @@ void ks_fuzz_engine_step(ks_engine *engine, const ks_op *op, bool *allocated);
 void ks_fuzz_engine_close(ks_engine *engine);
 
 
-/* The allocator input format above, run on entry with a fresh verifier. */
+/* The allocator input format above, run on entry under the thread's verifier session. */
 void ks_fuzz_run_allocator_input(const uint8_t *data, size_t size, const ks_allocator_entry *entry);
 
 #endif

@@ -175,7 +175,7 @@ static void run_threaded(const uint8_t *data, size_t size)
     ks_decode_config(&reader, entries, 1, &config);
     /* One instance on a private heap: the schedule is about two threads on one instance. */
     KSPIN pin = {.abi_version = KSALLOC_ABI_VERSION, .id = 0, .name = "pin0", .framing = config.pins[0].framing};
-    ks_verifier *verifier = ks_fuzz_verifier_create();
+    ks_verifier *verifier = ks_fuzz_verifier_begin();
     ks_verifier_pin verifier_pin = {.verifier = verifier, .inner = &capped, .pin = &pin};
     KSALLOCATOR_FRAMING framing = config.pins[0].framing;
     void *instance = NULL;
@@ -183,7 +183,7 @@ static void run_threaded(const uint8_t *data, size_t size)
         mt_run(instance, framing.Frames, data + reader.offset, size - reader.offset);
         ks_verifier_dispatch.DeleteAllocator(instance);
     }
-    ks_verifier_destroy(verifier);
+    ks_fuzz_verifier_end(verifier);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

@@ -32,7 +32,9 @@
  * allocator; the session counts it and keeps the first message (internal_failures below).
  *
  * Cost: O(log live) under the lock per op plus O(FrameSize) outside it to write or check the
- * pattern; per live frame one 80-byte shadow node; per instance about 2 KiB of records.
+ * pattern; per live frame one 80-byte shadow node; per instance about 2 KiB of records, which
+ * a deleted instance leaves to the session for the next one. ks_verifier_reset empties a session
+ * for reuse, keeping that memory: a fuzz target runs each input in the same session.
  * Thread safety: any op from any thread, as far as the inner allocator allows (the verifier adds
  * no ordering of its own between calls of one instance). A thread-safe allocator's self_check is
  * called concurrently with its other callbacks and must lock what it reads.
@@ -93,6 +95,7 @@ typedef struct verifier_instance {
     unsigned faulted_count;
     recent_free recent_frees[VERIFIER_RECENT_FREES]; /* ring */
     uint64_t frees_recorded;
+    struct verifier_instance *next_spare; /* on the session's spare list once deleted */
 } verifier_instance;
 
 struct ks_verifier {
@@ -109,6 +112,10 @@ struct ks_verifier {
      * not in faults[]; verifier.h has no accessor for them yet (see the top of the file). */
     uint64_t internal_failures;
     ks_error internal_error;
+    /* Under the lock. Records of deleted instances, reused by the next InitializeAllocator (as
+     * the shadow keeps its nodes), and how many instances are open. */
+    verifier_instance *spare_instances;
+    unsigned instances_open;
 };
 
 /* Up to VERIFIER_OP_FAULTS_MAX faults found by one op, published when it ends. */
@@ -531,20 +538,49 @@ static void instance_setup(verifier_instance *inst, const ks_verifier_pin *vpin,
     ks_shadow_owner_init(&inst->owner, atomic_fetch_add(&verifier->next_instance, 1), inst);
 }
 
+/* A zeroed instance record, from the session's spares if it has one, counted as open. */
+static verifier_instance *instance_record_take(ks_verifier *verifier)
+{
+    pthread_mutex_lock(&verifier->lock);
+    verifier_instance *inst = verifier->spare_instances;
+    if (inst != NULL)
+        verifier->spare_instances = inst->next_spare;
+    pthread_mutex_unlock(&verifier->lock);
+    if (inst != NULL)
+        memset(inst, 0, sizeof *inst);
+    else
+        inst = calloc(1, sizeof *inst);
+    if (inst == NULL)
+        return NULL;
+    pthread_mutex_lock(&verifier->lock);
+    verifier->instances_open++;
+    pthread_mutex_unlock(&verifier->lock);
+    return inst;
+}
+
+static void instance_record_give(ks_verifier *verifier, verifier_instance *inst)
+{
+    pthread_mutex_lock(&verifier->lock);
+    inst->next_spare = verifier->spare_instances;
+    verifier->spare_instances = inst;
+    verifier->instances_open--;
+    pthread_mutex_unlock(&verifier->lock);
+}
+
 static NTSTATUS verifier_initialize(PVOID initial_context, PKSALLOCATOR_FRAMING framing, PVOID *context)
 {
     const ks_verifier_pin *vpin = initial_context;
     if (vpin == NULL || vpin->verifier == NULL || vpin->inner == NULL || vpin->inner->dispatch == NULL ||
         framing == NULL || context == NULL)
         return STATUS_INVALID_PARAMETER;
-    verifier_instance *inst = calloc(1, sizeof *inst);
+    verifier_instance *inst = instance_record_take(vpin->verifier);
     if (inst == NULL)
         return STATUS_INSUFFICIENT_RESOURCES;
     KSALLOCATOR_FRAMING requested = *framing, settled = *framing;
     void *inner_context = NULL;
     NTSTATUS status = vpin->inner->dispatch->InitializeAllocator(vpin->pin, &settled, &inner_context);
     if (!NT_SUCCESS(status)) {
-        free(inst);
+        instance_record_give(vpin->verifier, inst);
         return status; /* refusing a framing is the allocator's right: passed through, no fault */
     }
     instance_setup(inst, vpin, &requested, &settled, inner_context);
@@ -823,7 +859,7 @@ static void verifier_delete(PVOID context)
     inst->entry->dispatch->DeleteAllocator(inst->inner_context);
     batch_publish(verifier, &batch);
     pthread_rwlock_destroy(&inst->check_lock);
-    free(inst);
+    instance_record_give(verifier, inst);
 }
 
 const KSALLOCATOR_DISPATCH ks_verifier_dispatch = {
@@ -862,12 +898,37 @@ NTSTATUS ks_verifier_create(const ks_verifier_options *options, ks_verifier **ve
     return STATUS_SUCCESS;
 }
 
+NTSTATUS ks_verifier_reset(ks_verifier *verifier, ks_error *err)
+{
+    pthread_mutex_lock(&verifier->lock);
+    unsigned open = verifier->instances_open;
+    uint64_t live = ks_shadow_count(verifier->shadow);
+    pthread_mutex_unlock(&verifier->lock);
+    if (open != 0 || live != 0)
+        return ks_error_set(err, STATUS_DEVICE_BUSY,
+                            "verifier: reset with %u instance(s) still open and %" PRIu64 " frame(s) tracked", open,
+                            live);
+    atomic_store(&verifier->op_count, 0);
+    atomic_store(&verifier->fault_count, 0);
+    atomic_store(&verifier->faults_kept, 0);
+    atomic_store(&verifier->next_instance, 0);
+    verifier->internal_failures = 0;
+    ks_error_clear(&verifier->internal_error);
+    verifier->salt = mix64(atomic_fetch_add(&sessions_created, 1) * PATTERN_GAMMA);
+    return STATUS_SUCCESS;
+}
+
 void ks_verifier_destroy(ks_verifier *verifier)
 {
     if (verifier == NULL)
         return;
     ks_shadow_destroy(verifier->shadow);
     pthread_mutex_destroy(&verifier->lock);
+    while (verifier->spare_instances != NULL) {
+        verifier_instance *inst = verifier->spare_instances;
+        verifier->spare_instances = inst->next_spare;
+        free(inst);
+    }
     free(verifier->faults);
     free(verifier);
 }

@@ -72,6 +72,12 @@ typedef struct ks_verifier_options {
 NTSTATUS ks_verifier_create(const ks_verifier_options *options, ks_verifier **verifier, ks_error *err);
 /* Instances must all be deleted first; live shadow entries left are released silently. */
 void ks_verifier_destroy(ks_verifier *verifier);
+/* Makes the session as if just created with the same options (op and instance numbers from 0,
+ * no faults kept or counted, no internal failures, a new pattern salt) while keeping its memory
+ * (the shadow's node slabs, deleted instances' records), so that a caller running many short
+ * sessions -- a fuzz target, one per input -- pays no allocation per session. Every instance
+ * must have been deleted: STATUS_DEVICE_BUSY otherwise, with the session unchanged. */
+NTSTATUS ks_verifier_reset(ks_verifier *verifier, ks_error *err);
 
 /* InitialContext of ks_verifier_dispatch.InitializeAllocator. */
 typedef struct ks_verifier_pin {

@@ -826,6 +826,83 @@ Test(verifier, fault_kind_names_are_stable_and_distinct)
     cr_assert_str_eq(ks_fault_kind_name(KS_FAULT_KIND_COUNT), "unknown");
 }
 
+Test(verifier, reset_refuses_while_an_instance_is_open_and_changes_nothing)
+{
+    ks_verifier *verifier = open_session(NULL, 0, 0);
+    verified v;
+    open_verified(verifier, &ks_test_reference_entry, framing_of(8, 64, FILE_OCTA_ALIGNMENT, 0), NULL, &v);
+    void *a = v_allocate(&v); /* op 0 */
+    ks_error err;
+    ks_error_clear(&err);
+    cr_assert_eq(ks_verifier_reset(verifier, &err), STATUS_DEVICE_BUSY);
+    cr_assert_not_null(strstr(err.message, "1 instance(s) still open and 1 frame(s) tracked"), "%s", err.message);
+    /* The session goes on as before: the frame is still tracked, the op count kept. */
+    cr_assert_eq(ks_verifier_op_count(verifier), 1);
+    cr_assert_eq(ks_verifier_live(v.context), 1);
+    v_free(&v, a);
+    v_free(&v, a); /* op 2: still known as freed at op 1 */
+    expect_message_has(expect_fault(verifier, 0, KS_FAULT_BAD_FREE, "test_reference", 0, 2, (uintptr_t)a),
+                       "it was already freed at op 1 (double free)");
+    v_delete(&v);
+    cr_assert_eq(ks_verifier_reset(verifier, &err), STATUS_SUCCESS, "%s", err.message);
+    ks_verifier_destroy(verifier);
+}
+
+Test(verifier, a_reset_session_numbers_and_judges_as_a_new_one)
+{
+    fault_log log = {0};
+    ks_verifier *verifier = open_session(&log, 0, 0);
+    ks_error err;
+    ks_error_clear(&err);
+    /* Session 1: two instances, a double free, one frame live at delete (a leak). */
+    verified first, second;
+    open_verified(verifier, &ks_test_reference_entry, framing_of(8, 64, FILE_OCTA_ALIGNMENT, 0), NULL, &first);
+    open_verified(verifier, &ks_test_reference_entry, framing_of(8, 64, FILE_OCTA_ALIGNMENT, 0), NULL, &second);
+    uint8_t *a = v_allocate(&first);
+    v_allocate(&second);
+    v_free(&first, a);
+    v_free(&first, a);
+    v_delete(&second);
+    v_delete(&first); /* deleted last: its record is the next one reused */
+    expect_fault_count(verifier, 2);
+    cr_assert_eq(ks_verifier_reset(verifier, &err), STATUS_SUCCESS, "%s", err.message);
+
+    /* Session 2: nothing of session 1 shows. */
+    expect_fault_count(verifier, 0);
+    cr_assert_null(ks_verifier_fault_at(verifier, 0));
+    cr_assert_eq(ks_verifier_op_count(verifier), 0);
+    cr_assert_eq(ks_verifier_internal_failures(verifier, NULL), 0);
+    /* The instance records are reused, emptied: the frame freed twice in session 1 is not
+     * remembered as freed, and numbering starts again from instance 0, op 0. */
+    verified again;
+    open_verified(verifier, &ks_test_reference_entry, framing_of(8, 64, FILE_OCTA_ALIGNMENT, 0), NULL, &again);
+    v_free(&again, a); /* op 0: not a double free in this session (nothing dereferences a) */
+    expect_message_has(expect_fault(verifier, 0, KS_FAULT_BAD_FREE, "test_reference", 0, 0, (uintptr_t)a),
+                       "no longer live or never handed out by this instance");
+    uint8_t *b = v_allocate(&again); /* op 1 */
+    v_free(&again, b);                /* op 2 */
+    v_free(&again, b);                /* op 3 */
+    expect_message_has(expect_fault(verifier, 1, KS_FAULT_BAD_FREE, "test_reference", 0, 3, (uintptr_t)b),
+                       "it was already freed at op 2 (double free)");
+    /* Detection works as in a new session: a double hand-out is still caught. */
+    verified broken;
+    open_verified(verifier, &ks_broken_double_handout_entry, framing_of(8, 64, FILE_OCTA_ALIGNMENT, 0), NULL,
+                  &broken);
+    uint8_t *x = v_allocate(&broken), *y = v_allocate(&broken); /* ops 4, 5 */
+    v_free(&broken, y);                                            /* op 6 */
+    v_free(&broken, x);                                            /* op 7 */
+    void *p = v_allocate(&broken), *q = v_allocate(&broken);     /* ops 8, 9 */
+    cr_assert_eq(p, q);
+    expect_fault(verifier, 2, KS_FAULT_DOUBLE_HANDOUT, "broken_double_handout", 1, 9, (uintptr_t)x);
+    v_free(&broken, p);
+    v_free(&broken, q);
+    v_delete(&broken);
+    v_delete(&again);
+    expect_fault_count(verifier, 3);
+    cr_assert_eq(log.calls, 5, "2 faults in session 1, 3 in session 2");
+    ks_verifier_destroy(verifier);
+}
+
 Test(verifier, shadow_pool_exhaustion_gives_the_frame_back_and_is_not_a_fault)
 {
     ks_verifier *verifier = open_session(NULL, 0, 0);
