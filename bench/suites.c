@@ -44,7 +44,7 @@
 #include "dma_suite.h"
 #include "../allocators/pool.h"
 #include "../allocators/jemalloc_idle.h"
-#include "../allocators/region.h"
+#include "region_map.h"
 #include "rss.h"
 #include "timer.h"
 

@@ -1,7 +1,10 @@
 /*
  * heap.c -- shared backing heaps.
  *
- * A heap is an mmap'ed, page-aligned region plus one attachment slot. The first allocator
+ * A heap is a page-aligned region plus one attachment slot. The region comes from region_map.h
+ * and goes back there when the heap is destroyed, so a program creating a heap for each run (a
+ * fuzz target, for each input) reuses one rather than mapping, faulting in and unmapping it each
+ * time; its contents are therefore unspecified, not zero. The first allocator
  * instance of a family to attach creates the family's shared state (for a region allocator, its
  * control structure over the region; for a general-purpose allocator, an arena); later instances
  * of the same family get the same state; the last one to detach destroys it. A second family is
@@ -15,8 +18,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <unistd.h>
+
+#include "region_map.h"
 
 typedef struct ks_heap_private {
     pthread_mutex_t lock;
@@ -83,12 +87,11 @@ NTSTATUS ks_heap_create(const char *name, size_t size_bytes, ks_heap **heap_out,
 
     ks_heap *heap = calloc(1, sizeof *heap);
     ks_heap_private *priv = calloc(1, sizeof *priv);
-    void *base = mmap(NULL, mapped_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (heap == NULL || priv == NULL || base == MAP_FAILED) {
+    void *base = ks_region_map_aligned(mapped_bytes, page_bytes);
+    if (heap == NULL || priv == NULL || base == NULL) {
         free(heap);
         free(priv);
-        if (base != MAP_FAILED)
-            munmap(base, mapped_bytes);
+        ks_region_unmap(base, mapped_bytes);
         return ks_error_set(err, STATUS_INSUFFICIENT_RESOURCES, "heap '%s': cannot reserve %zu bytes",
                             name ? name : "?", mapped_bytes);
     }
@@ -116,7 +119,7 @@ NTSTATUS ks_heap_destroy(ks_heap *heap, ks_error *err)
     if (attached != 0)
         return ks_error_set(err, STATUS_DEVICE_BUSY, "heap '%s' is still attached by %u instance(s) of '%s'",
                             heap->name, attached, priv->family);
-    munmap(heap->base, priv->mapped_bytes);
+    ks_region_unmap(heap->base, priv->mapped_bytes);
     pthread_mutex_destroy(&priv->lock);
     free(priv);
     free(heap);

@@ -1,5 +1,5 @@
 /*
- * test_region.c -- the region mapping and its cache (allocators/region.h, region_map.c): sizes
+ * test_region.c -- the region mapping and its cache (harness/region_map.h, region_map.c): sizes
  * classes, alignment, reuse of a region given back, its inaccessibility while cached, the cache's
  * bounds and its trim. Each Criterion test runs in its own process, so each starts with an empty
  * cache.
@@ -11,7 +11,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "../allocators/region.h"
+#include "heap.h"
+#include "region_map.h"
 
 static size_t page_bytes(void)
 {
@@ -158,4 +159,24 @@ Test(region, the_cache_keeps_its_slot_and_byte_bounds_and_trims_to_nothing)
     cr_assert_geq(held, KS_REGION_CACHE_TOTAL_BYTES - big, "the newest big regions are held: %zu", held);
     cr_assert_eq(ks_region_cache_trim(), held, "trim gives back what it held");
     cr_assert_eq(ks_region_cache_bytes(), 0);
+}
+
+/* The shared heaps (harness/heap.c) map their region through the cache too: a fuzz target that
+ * creates a heap per input reuses one region instead of mapping and unmapping it each time. */
+Test(region, a_destroyed_heap_leaves_its_region_for_the_next_heap)
+{
+    ks_error err;
+    ks_error_clear(&err);
+    ks_heap *first = NULL, *second = NULL;
+    cr_assert_eq(ks_heap_create("first", 3 * page_bytes(), &first, &err), STATUS_SUCCESS, "%s", err.message);
+    cr_assert_eq(first->size_bytes, 3 * page_bytes());
+    unsigned char *base = first->base;
+    memset(base, 0x5A, first->size_bytes); /* writable to its end */
+    cr_assert_eq(ks_region_cache_bytes(), 0);
+    cr_assert_eq(ks_heap_destroy(first, &err), STATUS_SUCCESS, "%s", err.message);
+    cr_assert_eq(ks_region_cache_bytes(), 4 * page_bytes(), "the heap's region is cached at its class");
+    cr_assert_eq(ks_heap_create("second", 4 * page_bytes(), &second, &err), STATUS_SUCCESS, "%s", err.message);
+    cr_assert_eq(second->base, base, "the next heap of that class reuses it");
+    cr_assert_eq(ks_region_cache_bytes(), 0);
+    cr_assert_eq(ks_heap_destroy(second, &err), STATUS_SUCCESS, "%s", err.message);
 }

@@ -1,6 +1,6 @@
 /*
- * region_map.c -- mapping and unmapping the regions and blocks allocators carve frames from
- * (region.h), with a small cache of regions given back, so that deleting an instance and
+ * region_map.c -- mapping and unmapping the regions and blocks frames are carved from
+ * (region_map.h), with a small cache of regions given back, so that deleting an instance and
  * creating the next one does not cost the system a fresh mapping, a page fault per page touched
  * and an unmap with its TLB shootdown each time.
  *
@@ -25,7 +25,7 @@
  * benchmarks call it before each run so that one allocator's peak RSS is not another's memory).
  * Thread safety: the cache is under one mutex; the system calls run outside it.
  */
-#include "region.h"
+#include "region_map.h"
 
 #include <pthread.h>
 #include <stdbool.h>
