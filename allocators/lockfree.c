@@ -56,7 +56,7 @@
  *
  * Memory: Frames * stride bytes of frames in one mapping (region.h: its pages are committed as
  * frames on them are first handed out; the stack lists only indices, so initialisation touches
- * no frame), 4 bytes of link per frame, and an instance of three
+ * no frame), 4 bytes of link per frame in a second mapping, and an instance of three
  * cache lines (head alone on the first, so its CAS traffic does not evict the read-only
  * configuration other threads need). Nothing grows after initialisation.
  *
@@ -182,11 +182,13 @@ static NTSTATUS lockfree_initialize(PVOID initial_context, PKSALLOCATOR_FRAMING 
     size_t stride_bytes = settled.stride_bytes;
     size_t block_bytes = settled.block_bytes;
     void *instance_memory = NULL;
-    atomic_uint *next = calloc(settled.frames, sizeof *next);
+    /* The links from the region cache too (no zeroing: lockfree_stack_all_frames writes each), so
+     * that an instance made per fuzz input does not take fresh pages for them. */
+    atomic_uint *next = ks_region_map_aligned(settled.frames * sizeof *next, _Alignof(atomic_uint));
     void *block = next != NULL ? ks_region_map_aligned(block_bytes, settled.align_bytes) : NULL;
     if (block == NULL || posix_memalign(&instance_memory, LOCKFREE_CACHE_LINE_BYTES, sizeof(lockfree)) != 0) {
         ks_region_unmap(block, block_bytes);
-        free(next);
+        ks_region_unmap(next, settled.frames * sizeof *next);
         return STATUS_INSUFFICIENT_RESOURCES;
     }
     ks_framing_write_back(framing, &settled);
@@ -206,7 +208,7 @@ static void lockfree_delete(PVOID context)
 {
     lockfree *instance = context;
     ks_region_unmap(instance->block, instance->block_bytes); /* frames still live go with it */
-    free(instance->next);
+    ks_region_unmap(instance->next, (size_t)instance->frames * sizeof *instance->next);
     free(instance);
 }
 

@@ -84,8 +84,8 @@
  * KS_DEBUG builds a pointer off a frame boundary is too. A double Free inside the block is not
  * detected: it makes two rounds of one frame, which self_check reports as a duplicate.
  *
- * Memory: Frames * stride bytes of frames and 8 bytes a frame for the backing stack, a
- * Frames-bit bitmap for self_check, 128 bytes a thread cache (two cache lines: what the owner
+ * Memory: Frames * stride bytes of frames; 8 bytes a frame for the backing stack and a
+ * Frames-bit bitmap for self_check, in a second mapping; 128 bytes a thread cache (two cache lines: what the owner
  * touches on every operation, lock included, and the registry fields) and 128 bytes a magazine.
  * A magazine is created only when the depot's empty list is bare (a Free that needs one, or a new
  * thread cache), i.e. when every magazine is full in the depot or held by a live thread cache; so
@@ -468,19 +468,32 @@ static const ks_framing_rules magazine_framing_rules = {
     .max_block_bytes = KS_MAGAZINE_MAX_BLOCK_BYTES,
 };
 
-/* The heap-allocated parts; the key and mutex are the caller's. */
+/* The backing stack and the self-check bitmap share one mapping from the region cache, as the
+ * block does: an instance made per fuzz input reuses them instead of taking fresh pages (8 KiB
+ * at the default 1024 frames), and neither needs zeroing (the stack is empty, self_check clears
+ * the bitmap it uses). */
+static size_t magazine_parts_bytes(uint32_t frames)
+{
+    return (size_t)frames * sizeof(void *) + ((size_t)frames + 63) / 64 * sizeof(uint64_t);
+}
+
+static void magazine_free_parts(magazine_allocator *allocator)
+{
+    ks_region_unmap(allocator->block, allocator->block_bytes); /* frames still live go with it */
+    ks_region_unmap(allocator->backing, magazine_parts_bytes(allocator->frames));
+}
+
+/* The mapped parts; the key and mutex are the caller's. */
 static NTSTATUS magazine_allocate_parts(magazine_allocator *allocator, size_t align_bytes)
 {
-    allocator->backing = calloc(allocator->frames, sizeof *allocator->backing);
-    allocator->seen = calloc(((size_t)allocator->frames + 63) / 64, sizeof *allocator->seen);
-    void *block = allocator->backing != NULL && allocator->seen != NULL
-                      ? ks_region_map_aligned(allocator->block_bytes, align_bytes)
-                      : NULL;
+    void *parts = ks_region_map_aligned(magazine_parts_bytes(allocator->frames), _Alignof(uint64_t));
+    void *block = parts != NULL ? ks_region_map_aligned(allocator->block_bytes, align_bytes) : NULL;
     if (block == NULL) {
-        free(allocator->backing);
-        free(allocator->seen);
+        ks_region_unmap(parts, magazine_parts_bytes(allocator->frames));
         return STATUS_INSUFFICIENT_RESOURCES;
     }
+    allocator->backing = parts;
+    allocator->seen = (uint64_t *)(allocator->backing + allocator->frames);
     allocator->block = block;
     allocator->backing_count = 0;
     allocator->fresh_index = 0; /* every frame is fresh: the first Allocates return them in address order */
@@ -508,9 +521,7 @@ static NTSTATUS magazine_initialize(PVOID initial_context, PKSALLOCATOR_FRAMING 
     atomic_init(&allocator->bad_frees, 0);
     status = magazine_allocate_parts(allocator, settled.align_bytes);
     if (NT_SUCCESS(status) && pthread_key_create(&allocator->key, magazine_thread_exit) != 0) {
-        ks_region_unmap(allocator->block, allocator->block_bytes);
-        free(allocator->backing);
-        free(allocator->seen);
+        magazine_free_parts(allocator);
         status = STATUS_INSUFFICIENT_RESOURCES; /* the process ran out of keys */
     }
     if (!NT_SUCCESS(status)) {
@@ -552,9 +563,7 @@ static void magazine_delete(PVOID context)
     magazine_free_list(allocator->depot_full);
     magazine_free_list(allocator->depot_empty);
     pthread_mutex_destroy(&allocator->depot_lock);
-    ks_region_unmap(allocator->block, allocator->block_bytes); /* frames still live go with it */
-    free(allocator->backing);
-    free(allocator->seen);
+    magazine_free_parts(allocator);
     free(allocator);
 }
 
