@@ -3,7 +3,8 @@
  * range map (against a brute-force model), emulated physical memory (placement above and below
  * the boundary, limits, contiguity, reverse lookup, pins that outlive a free), the IOMMU (IOVA
  * window, walks, permissions, the fault log), the non-coherent cache model, patterns and
- * checksums, and the option parser.
+ * checksums, and the option parser. The bitmap's two levels (leaves made on first use, full and
+ * empty leaves skipped) and physmem's host-block quarantine and cache get tests of their own.
  */
 #include <criterion/criterion.h>
 #include <stdlib.h>
@@ -11,6 +12,17 @@
 
 #include "dma/dma_internal.h"
 #include "test_dma_helpers.h"
+
+#if defined(__SANITIZE_ADDRESS__)
+#define KS_TEST_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define KS_TEST_ASAN 1
+#endif
+#endif
+#ifdef KS_TEST_ASAN
+#include <sanitizer/asan_interface.h>
+#endif
 
 /* ---- bitalloc ------------------------------------------------------------------------------ */
 
@@ -47,6 +59,94 @@ Test(dma_bitalloc, runs_across_word_boundaries)
     cr_assert(!ks_bitalloc_test(&bits, 160));
     ks_bitalloc_free(&bits, 10, 140);
     cr_assert_eq(ks_bitalloc_alloc(&bits, 140, 2, 0, 256, 0), 10);
+    ks_bitalloc_destroy(&bits);
+}
+
+Test(dma_bitalloc, leaves_are_made_on_first_use)
+{
+    const uint64_t total = (uint64_t)2 << 20; /* 8 GiB of 4 KiB pages */
+    ks_bitalloc bits;
+    cr_assert_eq(ks_bitalloc_init(&bits, total, NULL), STATUS_SUCCESS);
+    cr_assert_eq(ks_bitalloc_leaves_live(&bits), 0, "nothing set, no leaf made");
+    cr_assert(!ks_bitalloc_test(&bits, 1000000));
+    cr_assert_eq(ks_bitalloc_alloc(&bits, 1, 1, 0, total, 1000000), 1000000, "the search starts at `from`");
+    cr_assert_eq(ks_bitalloc_leaves_live(&bits), 1, "one bit set, one leaf made");
+    cr_assert(ks_bitalloc_test(&bits, 1000000));
+    cr_assert(!ks_bitalloc_test(&bits, 999999));
+    cr_assert(!ks_bitalloc_test(&bits, 1000001));
+    cr_assert_eq(ks_bitalloc_alloc(&bits, 1, 1, 0, total, 0), 0, "a leaf never made is all clear");
+    cr_assert_eq(ks_bitalloc_leaves_live(&bits), 2);
+    ks_bitalloc_free(&bits, 1000000, 1);
+    cr_assert(!ks_bitalloc_test(&bits, 1000000));
+    cr_assert_eq(ks_bitalloc_alloc(&bits, 1, 1, 0, total, 1000000), 1000000, "the freed bit is found again");
+    cr_assert_eq(ks_bitalloc_leaves_live(&bits), 2, "an emptied leaf is kept and reused");
+    cr_assert_eq(ks_bitalloc_alloc(&bits, 1, 1, total - 1, total, 0), total - 1, "the last bit of the last leaf");
+    cr_assert_eq(ks_bitalloc_alloc(&bits, 1, 1, total - 1, total, 0), KS_BITALLOC_NONE);
+    ks_bitalloc_destroy(&bits);
+}
+
+Test(dma_bitalloc, runs_across_leaf_boundaries)
+{
+    const uint64_t leaf = KS_BITALLOC_LEAF_BITS, total = 4 * KS_BITALLOC_LEAF_BITS;
+    ks_bitalloc bits;
+    cr_assert_eq(ks_bitalloc_init(&bits, total, NULL), STATUS_SUCCESS);
+    cr_assert_eq(ks_bitalloc_alloc(&bits, 10, 1, 0, total, leaf - 5), leaf - 5, "a run over two leaves");
+    cr_assert_eq(ks_bitalloc_leaves_live(&bits), 2);
+    for (uint64_t bit = leaf - 5; bit < leaf + 5; bit++)
+        cr_assert(ks_bitalloc_test(&bits, bit), "bit %llu", (unsigned long long)bit);
+    cr_assert(!ks_bitalloc_test(&bits, leaf - 6));
+    cr_assert(!ks_bitalloc_test(&bits, leaf + 5));
+    /* First fit from 0: [0, leaf) holds set bits at its end, so the run starts past them and
+     * reaches into a leaf not made yet. */
+    cr_assert_eq(ks_bitalloc_alloc(&bits, leaf, 1, 0, total, 0), leaf + 5);
+    cr_assert_eq(ks_bitalloc_leaves_live(&bits), 3);
+    cr_assert(ks_bitalloc_test(&bits, 2 * leaf + 4));
+    cr_assert(!ks_bitalloc_test(&bits, 2 * leaf + 5));
+    ks_bitalloc_free(&bits, leaf - 5, 10);
+    /* A full leaf is skipped whole, and a hole punched in it is found. */
+    cr_assert_eq(ks_bitalloc_alloc(&bits, leaf, 1, 0, leaf, 0), 0, "leaf 0 filled");
+    cr_assert_eq(ks_bitalloc_alloc(&bits, 1, 1, 0, total, 0), leaf, "past the full leaf");
+    ks_bitalloc_free(&bits, 100, 1);
+    cr_assert_eq(ks_bitalloc_alloc(&bits, 1, 1, 0, total, 0), 100, "the hole in the full leaf");
+    cr_assert_eq(ks_bitalloc_alloc(&bits, 8, leaf, 0, total, 0), 3 * leaf, "aligned to a leaf: the first free one");
+    cr_assert_eq(ks_bitalloc_leaves_live(&bits), 4);
+    ks_bitalloc_destroy(&bits);
+}
+
+Test(dma_bitalloc, counts_follow_the_bits_that_change)
+{
+    const uint64_t total = 2 * KS_BITALLOC_LEAF_BITS;
+    ks_bitalloc bits;
+    cr_assert_eq(ks_bitalloc_init(&bits, total, NULL), STATUS_SUCCESS);
+    cr_assert_eq(ks_bitalloc_alloc(&bits, 10, 1, 0, total, 100), 100);
+    /* Freeing clear bits (next to the set ones, and in a leaf never made) must not lower the
+     * leaf's count: at zero the leaf would read as empty and the run below would overlap 100..109. */
+    ks_bitalloc_free(&bits, 20, 10);
+    ks_bitalloc_free(&bits, KS_BITALLOC_LEAF_BITS + 7, 50);
+    cr_assert_eq(ks_bitalloc_alloc(&bits, 200, 1, 0, total, 0), 110, "the run steps past the set bits");
+    ks_bitalloc_free(&bits, 110, 200);
+    ks_bitalloc_free(&bits, 100, 10);
+    ks_bitalloc_free(&bits, 100, 10); /* twice: the second clears nothing */
+    cr_assert_eq(ks_bitalloc_alloc(&bits, total, 1, 0, total, 0), 0, "all free again: the whole range in one run");
+    cr_assert_eq(ks_bitalloc_alloc(&bits, 1, 1, 0, total, 0), KS_BITALLOC_NONE, "and then full");
+    ks_bitalloc_destroy(&bits);
+}
+
+Test(dma_bitalloc, init_refuses_absurd_sizes)
+{
+    ks_bitalloc bits;
+    ks_error err;
+    cr_assert_eq(ks_bitalloc_init(&bits, UINT64_MAX, &err), STATUS_INVALID_PARAMETER,
+                 "2^64 bits (whose leaf count would wrap to 1 if rounded up naively)");
+    cr_assert_not_null(strstr(err.message, "bitalloc"), "%s", err.message);
+    cr_assert_eq(ks_bitalloc_init(&bits, KS_BITALLOC_MAX_BITS + 1u, NULL), STATUS_INVALID_PARAMETER);
+    cr_assert_eq(ks_bitalloc_init(&bits, KS_BITALLOC_LEAF_BITS + 1u, NULL), STATUS_SUCCESS);
+    cr_assert_eq(bits.leaf_count, 2, "a partial last leaf counts");
+    cr_assert_eq(ks_bitalloc_alloc(&bits, 1, 1, KS_BITALLOC_LEAF_BITS, KS_BITALLOC_LEAF_BITS + 1u, 0),
+                 KS_BITALLOC_LEAF_BITS, "and its bit is usable");
+    ks_bitalloc_destroy(&bits);
+    cr_assert_eq(ks_bitalloc_init(&bits, 0, NULL), STATUS_SUCCESS, "an empty bitmap is valid");
+    cr_assert_eq(ks_bitalloc_alloc(&bits, 1, 1, 0, 1, 0), KS_BITALLOC_NONE);
     ks_bitalloc_destroy(&bits);
 }
 
@@ -175,6 +275,65 @@ Test(dma_physmem, pins_give_contiguous_runs_and_outlive_a_free)
     cr_assert_eq(ks_physmem_pages_live(physmem), 1, "a pinned page outlives the free");
     memset(host, 0x5A, 4096); /* still mapped: ASan and the MMU agree */
     ks_physmem_unpin(physmem, (uintptr_t)host, 4096);
+    cr_assert_eq(ks_physmem_pages_live(physmem), 0);
+    ks_physmem_destroy(physmem);
+}
+
+static bool all_zero(const unsigned char *bytes, size_t count)
+{
+    for (size_t i = 0; i < count; i++)
+        if (bytes[i] != 0)
+            return false;
+    return true;
+}
+
+Test(dma_physmem, freed_host_memory_is_quarantined_then_reused_zeroed)
+{
+    ks_physmem *physmem = test_physmem(0, 0);
+    void *first, *second;
+    cr_assert_eq(ks_physmem_alloc(physmem, 2 * 4096, 4096, 0, KS_PHYS_CONTIGUOUS, &first, NULL), STATUS_SUCCESS);
+    cr_assert(all_zero(first, 2 * 4096));
+    memset(first, 0xA5, 2 * 4096);
+    ks_physmem_free(physmem, first);
+#ifdef KS_TEST_ASAN
+    cr_assert(__asan_address_is_poisoned(first), "a freed block is poisoned");
+    cr_assert(__asan_address_is_poisoned((char *)first + 4096 + 123));
+#endif
+    cr_assert_eq(ks_physmem_alloc(physmem, 2 * 4096, 4096, 0, KS_PHYS_CONTIGUOUS, &second, NULL), STATUS_SUCCESS);
+    cr_assert_neq(second, first, "a block freed by this physmem is not handed back at once");
+    memset(second, 0x5A, 2 * 4096);
+    ks_physmem_destroy(physmem); /* second goes back too */
+
+    /* A later physmem draws from the process-wide cache: the same blocks, zeroed. */
+    physmem = test_physmem(0, 0);
+    void *again[2];
+    for (int i = 0; i < 2; i++) {
+        cr_assert_eq(ks_physmem_alloc(physmem, 2 * 4096, 8192, 0, KS_PHYS_CONTIGUOUS, &again[i], NULL), STATUS_SUCCESS);
+        cr_assert(again[i] == first || again[i] == second, "block %d comes from the cache", i);
+        cr_assert(all_zero(again[i], 2 * 4096), "block %d is zeroed", i);
+        cr_assert_eq((uintptr_t)again[i] % 8192, 0, "and aligned as asked");
+    }
+    ks_physmem_destroy(physmem);
+}
+
+Test(dma_physmem, a_full_quarantine_feeds_reuse_with_zeroed_memory)
+{
+    ks_physmem *physmem = test_physmem(0, 0);
+    /* 40 allocate/dirty/free cycles of 16 pages: 640 pages through a 256-page quarantine, so
+     * blocks come back within the physmem; every one must be zeroed again. */
+    for (int i = 0; i < 40; i++) {
+        void *host;
+        cr_assert_eq(ks_physmem_alloc(physmem, 16 * 4096, 4096, 0, KS_PHYS_CONTIGUOUS, &host, NULL), STATUS_SUCCESS);
+        cr_assert(all_zero(host, 16 * 4096), "cycle %d: zeroed", i);
+        memset(host, 0xC3, 16 * 4096);
+        ks_physmem_free(physmem, host);
+    }
+    /* Above the block size the memory is mapped, and zeroed by the kernel. */
+    void *large;
+    cr_assert_eq(ks_physmem_alloc(physmem, 32 * 4096, 65536, 0, KS_PHYS_CONTIGUOUS, &large, NULL), STATUS_SUCCESS);
+    cr_assert(all_zero(large, 32 * 4096));
+    cr_assert_eq((uintptr_t)large % 65536, 0);
+    ks_physmem_free(physmem, large);
     cr_assert_eq(ks_physmem_pages_live(physmem), 0);
     ks_physmem_destroy(physmem);
 }

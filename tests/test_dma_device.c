@@ -1,6 +1,7 @@
 /*
  * test_dma_device.c -- the device engine: descriptors, the doorbell, completion callbacks in cookie
- * order, a full ring, waits, terminate, stop and destroy with work pending, the latency and
+ * order, a full ring, waits, terminate, stop and destroy with work pending (submitted but never
+ * rung included), engine workers passed from device to device and across fork, the latency and
  * bandwidth model, scatter/gather copies, and fault injection: injected device errors, IOMMU
  * faults and stalls are reported in completions, the device's log and the IOMMU's log, are
  * reproducible from the seed, and never write a byte outside the mapping (guard bytes).
@@ -8,9 +9,12 @@
 #include <criterion/criterion.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "test_dma_helpers.h"
 
@@ -219,6 +223,93 @@ Test(dma_device, destroy_with_work_pending_and_submit_after_stop)
     cr_assert_not_null(strstr(err.message, "stopped"), "%s", err.message);
     cr_assert_eq(ks_dma_report_count_rule(adapter, KS_DMA_RULE_LEAK), 1, "the common buffer is reported at stop");
     ks_dma_device_destroy(device); /* frees it: LSan is the proof */
+}
+
+Test(dma_device, submitted_but_never_issued_completes_aborted_at_stop)
+{
+    /* The engine starts on the first doorbell; a stop with descriptors submitted but never rung
+     * must still start it, so that each completes (aborted) and its callback runs. */
+    ks_dma_device *device = test_device("mask=32");
+    ks_dma_adapter *adapter = ks_dma_device_adapter(device);
+    void *cpu;
+    ks_dma_addr bus = coherent(adapter, PAGE, &cpu);
+    ks_dma_segment segment = {bus, PAGE};
+    completion_log log = {0};
+    ks_dma_descriptor fill = {.op = KS_DMA_OP_FILL, .dst = &segment, .dst_count = 1, .callback = log_completion,
+                              .context = &log};
+    uint64_t cookie;
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(ks_dma_device_submit(device, &fill, &cookie, NULL), STATUS_SUCCESS);
+    ks_dma_free_coherent(adapter, PAGE, cpu, bus);
+    ks_dma_device_stop(device);
+    cr_assert_eq(atomic_load(&log.count), 3, "every submitted descriptor completed at stop");
+    for (int i = 0; i < 3; i++) {
+        cr_assert_eq(log.cookies[i], (uint64_t)i + 1u);
+        cr_assert_eq(log.results[i], KS_DMA_RESULT_ABORTED);
+    }
+    ks_dma_device_destroy(device);
+}
+
+/* One device's life: idle (no engine start) or one fill that must land. */
+static void device_life(bool runs, unsigned round)
+{
+    ks_dma_device *device = test_device("mask=32");
+    if (runs) {
+        ks_dma_adapter *adapter = ks_dma_device_adapter(device);
+        void *cpu;
+        ks_dma_addr bus = coherent(adapter, PAGE, &cpu);
+        ks_dma_segment segment = {bus, PAGE};
+        ks_dma_descriptor fill = {.op = KS_DMA_OP_FILL, .dst = &segment, .dst_count = 1, .pattern_seed = round};
+        ks_dma_completion completion;
+        cr_assert_eq(ks_dma_device_run(device, &fill, &completion, 5000000000u, NULL), STATUS_SUCCESS,
+                     "round %u: the engine ran", round);
+        cr_assert_eq(completion.result, KS_DMA_RESULT_OK);
+        cr_assert_eq(ks_dma_pattern_check(cpu, PAGE, round, 0), SIZE_MAX, "round %u: the fill landed", round);
+        ks_dma_free_coherent(adapter, PAGE, cpu, bus);
+    }
+    ks_dma_device_destroy(device);
+}
+
+Test(dma_device, engine_workers_serve_one_device_after_another, .timeout = 60)
+{
+    /* Devices that never ring reserve a worker and give it back; devices that do run on a parked
+     * worker. Several alive at once need several workers (more than the pool parks). */
+    for (unsigned round = 0; round < 60; round++)
+        device_life(round % 3 != 0, round);
+    ks_dma_device *alive[8];
+    for (unsigned i = 0; i < 8; i++)
+        alive[i] = test_device("mask=32");
+    for (unsigned i = 0; i < 8; i++)
+        ks_dma_device_destroy(alive[i]);
+    for (unsigned round = 0; round < 10; round++)
+        device_life(true, 100 + round);
+}
+
+Test(dma_device, a_forked_child_does_not_inherit_parked_workers, .timeout = 60)
+{
+    device_life(true, 7); /* leaves a worker parked in this process */
+    fflush(NULL);
+    pid_t child = fork();
+    cr_assert_neq(child, -1);
+    if (child == 0) {
+        /* The parked worker did not survive the fork: handing it a device would never run it. */
+        ks_dma_device *device = test_device("mask=32");
+        ks_dma_adapter *adapter = ks_dma_device_adapter(device);
+        ks_dma_addr bus;
+        void *cpu = ks_dma_alloc_coherent(adapter, PAGE, &bus, NULL);
+        ks_dma_segment segment = {bus, PAGE};
+        ks_dma_descriptor fill = {.op = KS_DMA_OP_FILL, .dst = &segment, .dst_count = 1, .pattern_seed = 9};
+        ks_dma_completion completion;
+        NTSTATUS status = ks_dma_device_run(device, &fill, &completion, 5000000000u, NULL);
+        bool landed = cpu != NULL && status == STATUS_SUCCESS && ks_dma_pattern_check(cpu, PAGE, 9, 0) == SIZE_MAX;
+        ks_dma_free_coherent(adapter, PAGE, cpu, bus);
+        ks_dma_device_destroy(device);
+        _exit(landed ? 0 : 1);
+    }
+    int wstatus;
+    cr_assert_eq(waitpid(child, &wstatus, 0), child);
+    cr_assert(WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 0, "the child's device ran (status 0x%x)", wstatus);
+    device_life(true, 8);
 }
 
 Test(dma_device, latency_and_bandwidth_model)

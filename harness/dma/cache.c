@@ -27,7 +27,7 @@ static void detach_pages(ks_physmem *physmem, uintptr_t first, uint64_t pages)
         if (page == NULL || page->uncached || page->ram_refs == 0)
             continue;
         if (--page->ram_refs == 0) {
-            free(page->ram);
+            ks_physmem_shadow_free(physmem, page->ram);
             page->ram = NULL;
         }
     }
@@ -44,7 +44,7 @@ NTSTATUS ks_cache_attach(ks_physmem *physmem, uintptr_t host, uint64_t bytes, ks
         if (page == NULL || page->uncached)
             continue;
         if (page->ram == NULL) {
-            page->ram = aligned_alloc(KS_DMA_PAGE_BYTES, KS_DMA_PAGE_BYTES);
+            page->ram = ks_physmem_shadow_alloc(physmem);
             if (page->ram == NULL) {
                 detach_pages(physmem, first, i);
                 return ks_error_set(err, STATUS_INSUFFICIENT_RESOURCES,

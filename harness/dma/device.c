@@ -27,7 +27,16 @@
  * done, nothing after it), a stall holds the descriptor for stall_ns first. Whatever happens,
  * the device only ever touches memory through ks_dma_adapter_resolve, which confines it to live
  * mappings. terminate_all aborts what has not started and waits for what has (dmaengine's
- * terminate + synchronize); stop and destroy do the same and join the thread.
+ * terminate + synchronize); stop and destroy do the same and wait for the engine to leave.
+ *
+ * Threads: the engine loop runs on a worker from a small process-wide pool (at most
+ * POOL_IDLE_MAX parked) rather than a thread made and joined per device: under ASan a thread's
+ * creation and exit (its stack, TLS and shadow mapped, read from /proc and unmapped) cost more
+ * than a whole short fuzz input. A worker carries nothing from one device to the next -- every
+ * bit of engine state lives in the device, and the worker only calls engine_main(device) -- so
+ * which thread runs a device cannot change any outcome. "Stop" waits (pool_lock, pool_done) until
+ * the worker has left engine_main and will not touch the device again. After fork the child's
+ * pool is emptied (its workers did not survive the fork).
  */
 #include <inttypes.h>
 #include <stdatomic.h>
@@ -71,11 +80,12 @@ struct ks_dma_device {
     uint64_t stall_ns;
     ring_entry *ring;
     uint32_t ring_mask;
-    pthread_t thread;
-    bool thread_started;
+    struct engine_worker *worker; /* reserved at creation; NULL once given back */
+    bool engine_running;          /* pool_lock: the worker runs engine_main for this device */
     /* Submitters' line. */
     _Alignas(CACHE_LINE_BYTES) pthread_mutex_t submit_lock;
     bool stopped;                 /* submit_lock */
+    bool engine_handed;           /* submit_lock: the worker was given the device */
     _Atomic uint64_t prepared;    /* last cookie submitted; written under submit_lock */
     _Atomic uint64_t issued;      /* last cookie the doorbell released */
     _Atomic uint64_t stat_submitted;
@@ -428,6 +438,149 @@ static void *engine_main(void *arg)
     }
 }
 
+/* ---- the worker pool ----------------------------------------------------------------------- */
+
+#define POOL_IDLE_MAX 4u
+
+typedef struct engine_worker {
+    pthread_cond_t wake;   /* signalled when device or quit is set */
+    ks_dma_device *device; /* pool_lock: the device to run; NULL while parked or reserved */
+    bool quit;             /* pool_lock: leave instead of parking */
+    struct engine_worker *next_idle;
+} engine_worker;
+
+static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t pool_done = PTHREAD_COND_INITIALIZER; /* a worker left a device */
+static engine_worker *pool_idle;                             /* pool_lock */
+static unsigned pool_idle_count;                             /* pool_lock */
+static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
+
+static void pool_prepare_fork(void)
+{
+    pthread_mutex_lock(&pool_lock);
+}
+
+static void pool_parent_fork(void)
+{
+    pthread_mutex_unlock(&pool_lock);
+}
+
+/* The parked workers are gone in the child: forget them (their records leak, a few bytes). */
+static void pool_child_fork(void)
+{
+    pool_idle = NULL;
+    pool_idle_count = 0;
+    pthread_mutex_unlock(&pool_lock);
+}
+
+static void pool_register_fork_handlers(void)
+{
+    pthread_atfork(pool_prepare_fork, pool_parent_fork, pool_child_fork);
+}
+
+/* Parks a worker no device holds, or tells it to leave when enough are parked. pool_lock held. */
+static void pool_park(engine_worker *worker)
+{
+    if (pool_idle_count >= POOL_IDLE_MAX) {
+        worker->quit = true;
+        pthread_cond_signal(&worker->wake);
+        return;
+    }
+    worker->next_idle = pool_idle;
+    pool_idle = worker;
+    pool_idle_count++;
+}
+
+static void *worker_main(void *arg)
+{
+    engine_worker *worker = arg;
+    pthread_mutex_lock(&pool_lock);
+    for (;;) {
+        while (worker->device == NULL && !worker->quit)
+            pthread_cond_wait(&worker->wake, &pool_lock);
+        if (worker->quit)
+            break;
+        ks_dma_device *device = worker->device;
+        pthread_mutex_unlock(&pool_lock);
+        engine_main(device);
+        pthread_mutex_lock(&pool_lock);
+        worker->device = NULL;
+        device->engine_running = false; /* from here on the worker never touches device */
+        pthread_cond_broadcast(&pool_done);
+        pool_park(worker);
+    }
+    pthread_mutex_unlock(&pool_lock);
+    pthread_cond_destroy(&worker->wake);
+    free(worker);
+    return NULL;
+}
+
+/* Reserves a worker for the device -- a parked one, or a new thread -- without waking it, so a
+ * device that never issues a descriptor costs no context switch. False if no thread starts. */
+static bool engine_reserve(ks_dma_device *device)
+{
+    pthread_once(&pool_once, pool_register_fork_handlers);
+    pthread_mutex_lock(&pool_lock);
+    engine_worker *worker = pool_idle;
+    if (worker != NULL) {
+        pool_idle = worker->next_idle;
+        pool_idle_count--;
+    }
+    pthread_mutex_unlock(&pool_lock);
+    if (worker == NULL) {
+        worker = calloc(1, sizeof *worker);
+        pthread_attr_t attributes;
+        bool started = false;
+        if (worker != NULL && pthread_attr_init(&attributes) == 0) {
+            pthread_cond_init(&worker->wake, NULL);
+            pthread_t thread;
+            started = pthread_attr_setdetachstate(&attributes, PTHREAD_CREATE_DETACHED) == 0 &&
+                      pthread_create(&thread, &attributes, worker_main, worker) == 0;
+            pthread_attr_destroy(&attributes);
+            if (!started)
+                pthread_cond_destroy(&worker->wake);
+        }
+        if (!started) {
+            free(worker);
+            return false;
+        }
+    }
+    device->worker = worker;
+    return true;
+}
+
+/* Starts the engine on the reserved worker, once. submit_lock held. */
+static void engine_hand_off(ks_dma_device *device)
+{
+    if (device->engine_handed)
+        return;
+    device->engine_handed = true;
+    pthread_mutex_lock(&pool_lock);
+    device->engine_running = true;
+    device->worker->device = device;
+    pthread_cond_signal(&device->worker->wake);
+    pthread_mutex_unlock(&pool_lock);
+}
+
+/* Gives back a worker the device reserved and never started. */
+static void engine_release(ks_dma_device *device)
+{
+    pthread_mutex_lock(&pool_lock);
+    pool_park(device->worker);
+    pthread_mutex_unlock(&pool_lock);
+    device->worker = NULL;
+}
+
+/* Waits until the device's worker has left engine_main (stopping is set). */
+static void engine_join(ks_dma_device *device)
+{
+    pthread_mutex_lock(&pool_lock);
+    while (device->engine_running)
+        pthread_cond_wait(&pool_done, &pool_lock);
+    pthread_mutex_unlock(&pool_lock);
+    device->worker = NULL;
+}
+
 /* ---- create / stop / destroy ---------------------------------------------------------------- */
 
 static NTSTATUS init_sync_objects(ks_dma_device *device, ks_error *err)
@@ -461,12 +614,8 @@ static NTSTATUS make_ring(ks_dma_device *device, uint32_t entries, ks_error *err
     if (!ks_dma_is_pow2(entries) || entries > MAX_RING_ENTRIES)
         return ks_error_set(err, STATUS_INVALID_PARAMETER, "dma device: ring of %u entries is not a power of two <= %u",
                             entries, MAX_RING_ENTRIES);
-    device->ring = calloc(entries, sizeof *device->ring);
-    if (device->ring == NULL)
-        return ks_error_set(err, STATUS_INSUFFICIENT_RESOURCES, "dma device: no memory for %u ring entries", entries);
+    /* Made by the first submit (ring_alloc), not here: a device that runs nothing costs no ring. */
     device->ring_mask = entries - 1u;
-    for (uint32_t i = 0; i < entries; i++)
-        release_entry_segments(&device->ring[i]);
     return STATUS_SUCCESS;
 }
 
@@ -488,7 +637,7 @@ NTSTATUS ks_dma_device_create(const ks_dma_options *options, ks_dma_device **out
         status = ks_dma_adapter_create(options, &device->adapter, err);
     if (NT_SUCCESS(status))
         status = init_sync_objects(device, err);
-    if (NT_SUCCESS(status) && pthread_create(&device->thread, NULL, engine_main, device) != 0) {
+    if (NT_SUCCESS(status) && !engine_reserve(device)) {
         destroy_sync_objects(device);
         status = ks_error_set(err, STATUS_INSUFFICIENT_RESOURCES, "dma device: cannot start the engine thread");
     }
@@ -498,7 +647,6 @@ NTSTATUS ks_dma_device_create(const ks_dma_options *options, ks_dma_device **out
         free(device);
         return status;
     }
-    device->thread_started = true;
     *out = device;
     return STATUS_SUCCESS;
 }
@@ -517,14 +665,20 @@ void ks_dma_device_stop(ks_dma_device *device)
     if (first) {
         atomic_store(&device->abort_upto, prepared);
         atomic_store(&device->issued, prepared);
+        if (prepared > 0)
+            engine_hand_off(device); /* submitted, never issued: the engine completes them as aborted */
     }
+    bool handed = device->engine_handed;
     pthread_mutex_unlock(&device->submit_lock);
     if (!first)
         return;
     atomic_store(&device->stopping, true);
-    wake_engine(device);
-    pthread_join(device->thread, NULL);
-    device->thread_started = false;
+    if (handed) {
+        wake_engine(device);
+        engine_join(device);
+    } else {
+        engine_release(device);
+    }
     ks_dma_adapter_check_leaks(device->adapter);
 }
 
@@ -534,7 +688,9 @@ void ks_dma_device_destroy(ks_dma_device *device)
         return;
     ks_dma_device_stop(device);
     ks_dma_adapter_destroy(device->adapter);
-    for (uint32_t i = 0; i <= device->ring_mask; i++)
+    uint64_t prepared = atomic_load(&device->prepared);
+    uint64_t touched = device->ring == NULL ? 0 : prepared <= device->ring_mask ? prepared : (uint64_t)device->ring_mask + 1u;
+    for (uint64_t i = 0; i < touched; i++)
         release_entry_segments(&device->ring[i]);
     free(device->ring);
     destroy_sync_objects(device);
@@ -542,6 +698,18 @@ void ks_dma_device_destroy(ks_dma_device *device)
 }
 
 /* ---- submit, doorbell, wait ---------------------------------------------------------------- */
+
+/* The ring, on the first submit (submit_lock held). Not zeroed: a submit writes an entry whole
+ * before the engine reads it, and destroy looks only at entries a submit reached. The engine
+ * reads device->ring only for cookies the doorbell released after this store. */
+static NTSTATUS ring_alloc(ks_dma_device *device, ks_error *err)
+{
+    device->ring = malloc(((size_t)device->ring_mask + 1u) * sizeof *device->ring);
+    if (device->ring == NULL)
+        return ks_error_set(err, STATUS_INSUFFICIENT_RESOURCES, "dma device: no memory for %u ring entries",
+                            device->ring_mask + 1u);
+    return STATUS_SUCCESS;
+}
 
 /* Shape of a descriptor, before the device rules: what a device could not even decode. */
 static NTSTATUS validate_shape(const ks_dma_descriptor *descriptor, ks_error *err)
@@ -611,7 +779,9 @@ NTSTATUS ks_dma_device_submit(ks_dma_device *device, const ks_dma_descriptor *de
     else if (prepared - atomic_load_explicit(&device->completed, memory_order_acquire) > device->ring_mask)
         status = ks_error_set(err, STATUS_DEVICE_BUSY, "ks_dma_device_submit: ring of %u entries full",
                               device->ring_mask + 1u);
-    ring_entry *entry = &device->ring[prepared & device->ring_mask];
+    else if (device->ring == NULL)
+        status = ring_alloc(device, err);
+    ring_entry *entry = NT_SUCCESS(status) ? &device->ring[prepared & device->ring_mask] : NULL;
     if (NT_SUCCESS(status)) {
         entry->src = wants_src ? copy_segments(descriptor->src, descriptor->src_count, entry->inline_src) : entry->inline_src;
         entry->dst = wants_dst ? copy_segments(descriptor->dst, descriptor->dst_count, entry->inline_dst) : entry->inline_dst;
@@ -639,7 +809,10 @@ NTSTATUS ks_dma_device_submit(ks_dma_device *device, const ks_dma_descriptor *de
 void ks_dma_device_issue_pending(ks_dma_device *device)
 {
     pthread_mutex_lock(&device->submit_lock);
-    atomic_store(&device->issued, atomic_load_explicit(&device->prepared, memory_order_relaxed));
+    uint64_t prepared = atomic_load_explicit(&device->prepared, memory_order_relaxed);
+    atomic_store(&device->issued, prepared);
+    if (prepared > 0 && !device->stopped)
+        engine_hand_off(device);
     pthread_mutex_unlock(&device->submit_lock);
     if (atomic_load(&device->engine_sleeping))
         wake_engine(device);
@@ -691,6 +864,8 @@ void ks_dma_device_terminate_all(ks_dma_device *device)
         atomic_store(&device->abort_upto, prepared);
     atomic_store(&device->issued, prepared);
     bool running = !device->stopped;
+    if (running && prepared > 0)
+        engine_hand_off(device);
     pthread_mutex_unlock(&device->submit_lock);
     if (!running || prepared == 0)
         return;

@@ -69,8 +69,17 @@ uint64_t ks_dma_now_ns(void);
 
 /* ---- bitalloc.c ------------------------------------------------------------------------------ */
 
+/* Two levels: leaves of KS_BITALLOC_LEAF_BITS bits made on the first set (NULL = all clear),
+ * leaf_used[i] = bits set in leaves[i], used_bits = their sum. */
+#define KS_BITALLOC_LEAF_BITS 4096u
+/* Far above any user (1 TiB of emulated RAM is 2^28 pages); keeps the summary's size sane. */
+#define KS_BITALLOC_MAX_BITS ((uint64_t)1 << 36)
+
 typedef struct ks_bitalloc {
-    uint64_t *words;
+    uint64_t **leaves;   /* leaf_count entries */
+    uint32_t *leaf_used; /* leaf_count entries, in the same block as leaves */
+    uint64_t leaf_count;
+    uint64_t leaves_live; /* leaves made */
     uint64_t bits;
     uint64_t used_bits;
 } ks_bitalloc;
@@ -80,11 +89,14 @@ typedef struct ks_bitalloc {
 NTSTATUS ks_bitalloc_init(ks_bitalloc *bitalloc, uint64_t bits, ks_error *err);
 void ks_bitalloc_destroy(ks_bitalloc *bitalloc);
 /* count clear bits starting at a multiple of align (power of two) inside [lo, hi), searched from
- * `from` upwards and then from lo; sets them and returns the start, or KS_BITALLOC_NONE. */
+ * `from` upwards and then from lo; sets them and returns the start, or KS_BITALLOC_NONE (no such
+ * run, or no memory for a leaf it needed: nothing is set then). */
 uint64_t ks_bitalloc_alloc(ks_bitalloc *bitalloc, uint64_t count, uint64_t align, uint64_t lo, uint64_t hi,
                            uint64_t from);
 void ks_bitalloc_free(ks_bitalloc *bitalloc, uint64_t start, uint64_t count);
 bool ks_bitalloc_test(const ks_bitalloc *bitalloc, uint64_t bit);
+/* Leaves made so far (tests: the bitmap stays lazy). */
+uint64_t ks_bitalloc_leaves_live(const ks_bitalloc *bitalloc);
 
 /* ---- rangemap.c ------------------------------------------------------------------------------ */
 
@@ -159,6 +171,10 @@ ks_phys_page *ks_physmem_page_of_phys(const ks_physmem *physmem, uint64_t phys);
  * host-contiguous run starting there; 0 when the page is unknown. */
 uint64_t ks_physmem_run(const ks_physmem *physmem, uintptr_t host, uint64_t max_bytes, uint64_t *phys);
 uint64_t ks_physmem_pages_live(const ks_physmem *physmem);
+/* A page for a RAM shadow (cache.c), contents undefined, from the physmem's block cache (see
+ * physmem.c); NULL without memory. free takes NULL. */
+void *ks_physmem_shadow_alloc(ks_physmem *physmem);
+void ks_physmem_shadow_free(ks_physmem *physmem, void *ram);
 uint64_t ks_physmem_pages_high(const ks_physmem *physmem);
 uint64_t ks_physmem_high_boundary(const ks_physmem *physmem);
 

@@ -10,29 +10,35 @@
  * scatter/gather list really is scattered. Page 0 is never handed out, so bus address 0 is never
  * valid.
  *
- * Two ways in: ks_physmem_alloc reserves host memory with mmap and gives its pages physical
+ * Two ways in: ks_physmem_alloc takes whole host pages (heap or mmap) and gives them physical
  * addresses (common buffers, bounce pools, the pages of dma_sg frames); ks_physmem_pin gives
  * addresses to memory the caller owns (a frame of any allocator mapped with map_single), one
  * physical run per run of pages not known yet, as a kernel buffer would be physically contiguous.
  * Every page carries a pin count (the owning allocation's pin plus one per mapping); a page is
- * forgotten when it reaches zero, and an allocation's host memory is unmapped only when its last
+ * forgotten when it reaches zero, and an allocation's host memory is freed only when its last
  * page is, so freeing a common buffer that is still mapped elsewhere (a bug the checker reports)
- * never leaves the device pointing at unmapped host memory.
+ * never leaves the device pointing at freed host memory.
  *
- * Lookups both ways are O(1): host page -> record by an open-addressing hash (linear probing,
- * backward-shift deletion), physical page -> record by a two-level radix table whose leaves are
- * made on demand. Records come from slabs. Memory: ~64 bytes per known page plus the bitmap
- * (one bit per emulated page) and the radix directory. Not thread-safe: the adapter serialises.
+ * Lookups both ways are O(1): host page -> record and physical page -> record by two
+ * open-addressing hashes (linear probing, backward-shift deletion), which start at 64 slots and
+ * double. Records come from slabs of 64. A physmem lives for one fuzz input and knows a handful of
+ * pages, so nothing here is sized by the emulated RAM up front: the bitmap's leaves are made on
+ * first use (bitalloc.c) and a scattered page costs two hash slots, not a 32 KiB radix leaf.
+ * Memory: ~80 bytes per known page plus the bitmap's summary (12 bytes per 4096 emulated pages)
+ * and its leaves (512 bytes per 4096 pages touched). Not thread-safe: the adapter serialises.
  */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 
 #include "dma_internal.h"
 
-#define RADIX_LEAF_BITS 12u
-#define RADIX_LEAF_ENTRIES ((uint64_t)1 << RADIX_LEAF_BITS)
-#define SLAB_RECORDS 256u
+#define INDEX_INITIAL_SLOTS 64u
+#define HOST_HEAP_MAX_BYTES ((size_t)64 << 10)
+#define QUARANTINE_BLOCKS 64u
+#define QUARANTINE_MAX_PAGES 256u
+#define SLAB_RECORDS 64u
 #define DEFAULT_TOP_BYTES ((uint64_t)8 << 30)
 #define DEFAULT_HIGH_BOUNDARY_BYTES ((uint64_t)4 << 30)
 #define MAX_TOP_BYTES ((uint64_t)1 << 40)
@@ -40,8 +46,9 @@
 _Static_assert(KS_DMA_PAGE_BYTES == 4096u, "physmem models 4 KiB pages");
 
 struct ks_phys_alloc {
-    void *map_base; /* what mmap returned */
-    size_t map_bytes;
+    void *host_base;   /* what the heap or mmap returned */
+    size_t host_bytes; /* how much of it */
+    bool host_mapped;  /* mmap (large), else the heap */
     uint64_t pages_live; /* records not released yet */
     bool owner_live;     /* ks_physmem_free not called yet */
     ks_phys_alloc *prev, *next;
@@ -52,46 +59,65 @@ typedef struct page_slab {
     ks_phys_page records[SLAB_RECORDS];
 } page_slab;
 
+/* An open-addressing hash of page records keyed by host page number or by physical page number
+ * (linear probing, backward-shift deletion). capacity is 0 or a power of two; used * 2 <=
+ * capacity. */
+typedef struct page_index {
+    ks_phys_page **slots;
+    uint64_t capacity, used;
+    bool by_phys;
+} page_index;
+
+typedef struct quarantined_block {
+    void *block;
+    uint64_t pages;
+} quarantined_block;
+
 struct ks_physmem {
     ks_physmem_options options;
     uint64_t top_pages, boundary_pages;
     ks_bitalloc frames;
     uint64_t next_fit[2]; /* per zone: low, high */
     uint64_t random_state;
-    /* host page number -> record */
-    ks_phys_page **hash_slots;
-    uint64_t hash_capacity, hash_used;
-    /* physical page number -> record */
-    ks_phys_page ***radix;
-    uint64_t radix_leaves;
+    page_index by_host; /* host page number -> record */
+    page_index by_phys; /* physical page number -> record */
     page_slab *slabs;
     ks_phys_page *free_records;
     ks_phys_alloc *allocs;
     uint64_t pages_live, pages_high;
+    /* Freed blocks not yet reusable: a ring, oldest at quarantine_first (see block_retire). */
+    quarantined_block quarantine[QUARANTINE_BLOCKS];
+    unsigned quarantine_first, quarantine_count;
+    uint64_t quarantine_pages;
 };
 
-/* ---- host hash -------------------------------------------------------------------------------- */
+/* ---- the two page indexes --------------------------------------------------------------------- */
 
-static uint64_t hash_index(const ks_physmem *physmem, uint64_t host_page)
+static uint64_t index_key(const page_index *index, const ks_phys_page *page)
 {
-    return (host_page * 0x9E3779B97F4A7C15ull) >> (64 - __builtin_ctzll(physmem->hash_capacity));
+    return (index->by_phys ? page->phys : (uint64_t)page->host) >> KS_DMA_PAGE_SHIFT;
 }
 
-static bool hash_grow(ks_physmem *physmem)
+static uint64_t index_home(const page_index *index, uint64_t key)
 {
-    uint64_t old_capacity = physmem->hash_capacity;
-    ks_phys_page **old_slots = physmem->hash_slots;
-    uint64_t capacity = old_capacity == 0 ? 1024u : old_capacity * 2u;
+    return (key * 0x9E3779B97F4A7C15ull) >> (64 - __builtin_ctzll(index->capacity));
+}
+
+static bool index_grow(page_index *index)
+{
+    uint64_t old_capacity = index->capacity;
+    ks_phys_page **old_slots = index->slots;
+    uint64_t capacity = old_capacity == 0 ? INDEX_INITIAL_SLOTS : old_capacity * 2u;
     ks_phys_page **slots = calloc(capacity, sizeof *slots);
     if (slots == NULL)
         return false;
-    physmem->hash_slots = slots;
-    physmem->hash_capacity = capacity;
+    index->slots = slots;
+    index->capacity = capacity;
     for (uint64_t i = 0; i < old_capacity; i++) {
         ks_phys_page *page = old_slots[i];
         if (page == NULL)
             continue;
-        uint64_t slot = hash_index(physmem, page->host >> KS_DMA_PAGE_SHIFT);
+        uint64_t slot = index_home(index, index_key(index, page));
         while (slots[slot] != NULL)
             slot = (slot + 1u) & (capacity - 1u);
         slots[slot] = page;
@@ -100,80 +126,65 @@ static bool hash_grow(ks_physmem *physmem)
     return true;
 }
 
-static bool hash_insert(ks_physmem *physmem, ks_phys_page *page)
+static bool index_insert(page_index *index, ks_phys_page *page)
 {
-    if ((physmem->hash_used + 1u) * 2u > physmem->hash_capacity && !hash_grow(physmem))
+    if ((index->used + 1u) * 2u > index->capacity && !index_grow(index))
         return false;
-    uint64_t slot = hash_index(physmem, page->host >> KS_DMA_PAGE_SHIFT);
-    while (physmem->hash_slots[slot] != NULL)
-        slot = (slot + 1u) & (physmem->hash_capacity - 1u);
-    physmem->hash_slots[slot] = page;
-    physmem->hash_used++;
+    uint64_t slot = index_home(index, index_key(index, page));
+    while (index->slots[slot] != NULL)
+        slot = (slot + 1u) & (index->capacity - 1u);
+    index->slots[slot] = page;
+    index->used++;
     return true;
 }
 
-static uint64_t hash_find_slot(const ks_physmem *physmem, uintptr_t host_page_addr)
+static uint64_t index_find_slot(const page_index *index, uint64_t key)
 {
-    if (physmem->hash_capacity == 0)
+    if (index->capacity == 0)
         return UINT64_MAX;
-    uint64_t slot = hash_index(physmem, host_page_addr >> KS_DMA_PAGE_SHIFT);
-    for (ks_phys_page *page; (page = physmem->hash_slots[slot]) != NULL;
-         slot = (slot + 1u) & (physmem->hash_capacity - 1u))
-        if (page->host == host_page_addr)
+    uint64_t slot = index_home(index, key);
+    for (ks_phys_page *page; (page = index->slots[slot]) != NULL; slot = (slot + 1u) & (index->capacity - 1u))
+        if (index_key(index, page) == key)
             return slot;
     return UINT64_MAX;
 }
 
-/* Backward-shift deletion keeps every probe chain unbroken without tombstones. */
-static void hash_remove(ks_physmem *physmem, uintptr_t host_page_addr)
+static ks_phys_page *index_find(const page_index *index, uint64_t key)
 {
-    uint64_t hole = hash_find_slot(physmem, host_page_addr);
+    uint64_t slot = index_find_slot(index, key);
+    return slot == UINT64_MAX ? NULL : index->slots[slot];
+}
+
+/* Backward-shift deletion keeps every probe chain unbroken without tombstones. */
+static void index_remove(page_index *index, uint64_t key)
+{
+    uint64_t hole = index_find_slot(index, key);
     if (hole == UINT64_MAX)
         return;
-    uint64_t mask = physmem->hash_capacity - 1u;
-    physmem->hash_slots[hole] = NULL;
-    physmem->hash_used--;
-    for (uint64_t slot = (hole + 1u) & mask; physmem->hash_slots[slot] != NULL; slot = (slot + 1u) & mask) {
-        uint64_t home = hash_index(physmem, physmem->hash_slots[slot]->host >> KS_DMA_PAGE_SHIFT);
+    uint64_t mask = index->capacity - 1u;
+    index->slots[hole] = NULL;
+    index->used--;
+    for (uint64_t slot = (hole + 1u) & mask; index->slots[slot] != NULL; slot = (slot + 1u) & mask) {
+        uint64_t home = index_home(index, index_key(index, index->slots[slot]));
         /* Move the entry into the hole unless its home lies cyclically in (hole, slot]. */
         bool home_after_hole = hole <= slot ? (home > hole && home <= slot) : (home > hole || home <= slot);
         if (home_after_hole)
             continue;
-        physmem->hash_slots[hole] = physmem->hash_slots[slot];
-        physmem->hash_slots[slot] = NULL;
+        index->slots[hole] = index->slots[slot];
+        index->slots[slot] = NULL;
         hole = slot;
     }
 }
 
 ks_phys_page *ks_physmem_page_of_host(const ks_physmem *physmem, uintptr_t host)
 {
-    uint64_t slot = hash_find_slot(physmem, (uintptr_t)ks_dma_align_down(host, KS_DMA_PAGE_BYTES));
-    return slot == UINT64_MAX ? NULL : physmem->hash_slots[slot];
-}
-
-/* ---- physical radix --------------------------------------------------------------------------- */
-
-static bool radix_set(ks_physmem *physmem, uint64_t phys_page, ks_phys_page *page)
-{
-    uint64_t leaf_index = phys_page >> RADIX_LEAF_BITS;
-    if (physmem->radix[leaf_index] == NULL) {
-        if (page == NULL)
-            return true;
-        physmem->radix[leaf_index] = calloc(RADIX_LEAF_ENTRIES, sizeof(ks_phys_page *));
-        if (physmem->radix[leaf_index] == NULL)
-            return false;
-    }
-    physmem->radix[leaf_index][phys_page & (RADIX_LEAF_ENTRIES - 1u)] = page;
-    return true;
+    return index_find(&physmem->by_host, (uint64_t)host >> KS_DMA_PAGE_SHIFT);
 }
 
 ks_phys_page *ks_physmem_page_of_phys(const ks_physmem *physmem, uint64_t phys)
 {
     uint64_t phys_page = phys >> KS_DMA_PAGE_SHIFT;
-    if (phys_page >= physmem->top_pages)
-        return NULL;
-    ks_phys_page **leaf = physmem->radix[phys_page >> RADIX_LEAF_BITS];
-    return leaf == NULL ? NULL : leaf[phys_page & (RADIX_LEAF_ENTRIES - 1u)];
+    return phys_page >= physmem->top_pages ? NULL : index_find(&physmem->by_phys, phys_page);
 }
 
 /* ---- records ------------------------------------------------------------------------------------ */
@@ -209,8 +220,8 @@ static ks_phys_page *page_create(ks_physmem *physmem, uintptr_t host, uint64_t p
     page->pins = 1;
     page->owner = owner;
     page->uncached = uncached;
-    if (!hash_insert(physmem, page) || !radix_set(physmem, phys_page, page)) {
-        hash_remove(physmem, host);
+    if (!index_insert(&physmem->by_host, page) || !index_insert(&physmem->by_phys, page)) {
+        index_remove(&physmem->by_host, (uint64_t)host >> KS_DMA_PAGE_SHIFT);
         page->next_free = physmem->free_records;
         physmem->free_records = page;
         return NULL;
@@ -223,6 +234,166 @@ static ks_phys_page *page_create(ks_physmem *physmem, uintptr_t host, uint64_t p
     return page;
 }
 
+/* ---- host blocks ------------------------------------------------------------------------------ */
+
+/* Under ASan, memory a block cache holds is poisoned: a CPU access to a freed common buffer or a
+ * dropped RAM shadow is still a use-after-free report. */
+#if defined(__SANITIZE_ADDRESS__)
+#define KS_PHYSMEM_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define KS_PHYSMEM_ASAN 1
+#endif
+#endif
+#ifdef KS_PHYSMEM_ASAN
+#include <sanitizer/asan_interface.h>
+#define BLOCK_POISON(addr, bytes) ASAN_POISON_MEMORY_REGION((addr), (bytes))
+#define BLOCK_UNPOISON(addr, bytes) ASAN_UNPOISON_MEMORY_REGION((addr), (bytes))
+#else
+#define BLOCK_POISON(addr, bytes) ((void)(addr), (void)(bytes))
+#define BLOCK_UNPOISON(addr, bytes) ((void)(addr), (void)(bytes))
+#endif
+
+/* Blocks of 1..BLOCK_MAX_PAGES pages aligned to their size rounded up to a power of two: small
+ * host allocations and RAM shadows. A freed block is poisoned and queued in its physmem's
+ * quarantine (FIFO, at most QUARANTINE_BLOCKS blocks and QUARANTINE_MAX_PAGES pages), so an
+ * input never gets back memory it freed moments ago; from the quarantine, and at destroy, blocks
+ * go to a process-wide cache (a stack per size, at most CACHE_BLOCKS_PER_SIZE blocks and
+ * CACHE_MAX_PAGES pages in all) that later allocations draw from before the heap. Why: under ASan
+ * every fresh heap block is fresh memory (its quarantine holds freed memory back for 256 MiB), so
+ * each page a device used cost page faults and allocator refills per fuzz input; a warm block
+ * costs a memset. The cache cannot change an outcome: a block is zeroed (host memory) or written
+ * whole (shadows) before use, so only its address can differ -- and host addresses already depend
+ * on what the heap did before. The bookkeeping lives outside the blocks, where LeakSanitizer
+ * looks for pointers (it ignores poisoned memory). */
+#define BLOCK_MAX_PAGES (HOST_HEAP_MAX_BYTES / KS_DMA_PAGE_BYTES)
+#define CACHE_BLOCKS_PER_SIZE 256u
+#define CACHE_MAX_PAGES 2048u
+
+_Static_assert(HOST_HEAP_MAX_BYTES % KS_DMA_PAGE_BYTES == 0, "blocks are whole pages");
+_Static_assert((QUARANTINE_BLOCKS & (QUARANTINE_BLOCKS - 1u)) == 0, "the quarantine ring is a power of two");
+
+static pthread_mutex_t block_cache_lock = PTHREAD_MUTEX_INITIALIZER;
+static void *block_cache[BLOCK_MAX_PAGES + 1][CACHE_BLOCKS_PER_SIZE]; /* by page count; block_cache_lock */
+static unsigned block_cache_count[BLOCK_MAX_PAGES + 1];               /* block_cache_lock */
+static uint64_t block_cache_pages;                                    /* block_cache_lock */
+
+static size_t block_align_bytes(uint64_t pages)
+{
+    return (size_t)ks_dma_pow2_ceil(pages) << KS_DMA_PAGE_SHIFT;
+}
+
+/* A block of pages (<= BLOCK_MAX_PAGES), contents undefined; NULL if the heap has none. */
+static void *block_get(uint64_t pages)
+{
+    void *block = NULL;
+    pthread_mutex_lock(&block_cache_lock);
+    if (block_cache_count[pages] > 0) {
+        block = block_cache[pages][--block_cache_count[pages]];
+        block_cache_pages -= pages;
+    }
+    pthread_mutex_unlock(&block_cache_lock);
+    if (block != NULL) {
+        BLOCK_UNPOISON(block, (size_t)pages << KS_DMA_PAGE_SHIFT);
+        return block;
+    }
+    /* posix_memalign: aligned_alloc wants bytes to be a multiple of the alignment. */
+    return posix_memalign(&block, block_align_bytes(pages), (size_t)pages << KS_DMA_PAGE_SHIFT) == 0 ? block : NULL;
+}
+
+/* Into the process-wide cache, or back to the heap when it is full. block is poisoned. */
+static void block_put(void *block, uint64_t pages)
+{
+    pthread_mutex_lock(&block_cache_lock);
+    bool cached = block_cache_count[pages] < CACHE_BLOCKS_PER_SIZE && block_cache_pages + pages <= CACHE_MAX_PAGES;
+    if (cached) {
+        block_cache[pages][block_cache_count[pages]++] = block;
+        block_cache_pages += pages;
+    }
+    pthread_mutex_unlock(&block_cache_lock);
+    if (!cached) {
+        BLOCK_UNPOISON(block, (size_t)pages << KS_DMA_PAGE_SHIFT);
+        free(block);
+    }
+}
+
+/* The oldest quarantined block leaves for the cache. */
+static void quarantine_evict(ks_physmem *physmem)
+{
+    quarantined_block *oldest = &physmem->quarantine[physmem->quarantine_first];
+    block_put(oldest->block, oldest->pages);
+    physmem->quarantine_pages -= oldest->pages;
+    physmem->quarantine_first = (physmem->quarantine_first + 1u) & (QUARANTINE_BLOCKS - 1u);
+    physmem->quarantine_count--;
+}
+
+/* Queues a freed block in the physmem's quarantine. */
+static void block_retire(ks_physmem *physmem, void *block, uint64_t pages)
+{
+    BLOCK_POISON(block, (size_t)pages << KS_DMA_PAGE_SHIFT);
+    if (physmem->quarantine_count == QUARANTINE_BLOCKS)
+        quarantine_evict(physmem);
+    unsigned slot = (physmem->quarantine_first + physmem->quarantine_count) & (QUARANTINE_BLOCKS - 1u);
+    physmem->quarantine[slot] = (quarantined_block){.block = block, .pages = pages};
+    physmem->quarantine_count++;
+    physmem->quarantine_pages += pages;
+    while (physmem->quarantine_pages > QUARANTINE_MAX_PAGES)
+        quarantine_evict(physmem);
+}
+
+static void quarantine_drain(ks_physmem *physmem)
+{
+    while (physmem->quarantine_count > 0)
+        quarantine_evict(physmem);
+}
+
+void *ks_physmem_shadow_alloc(ks_physmem *physmem)
+{
+    (void)physmem;
+    return block_get(1);
+}
+
+void ks_physmem_shadow_free(ks_physmem *physmem, void *ram)
+{
+    if (ram != NULL)
+        block_retire(physmem, ram, 1);
+}
+
+/* Small allocations are blocks (above); large ones are mapped. Every munmap is a TLB shootdown,
+ * which on a paravirtualised host costs more than the rest of a short fuzz input, so the common
+ * case -- a common buffer or pool page of a few pages -- avoids it: a block starts and ends on
+ * page boundaries (no other allocation shares its pages) and is zeroed here. Above
+ * HOST_HEAP_MAX_BYTES zeroing every page would cost more than the unmap (a 1 MiB frame's pages are
+ * mostly never touched), so mmap's lazily zeroed pages win. A CPU use after free of a block is
+ * caught under ASan (it is poisoned, and not reused while quarantined); in a release build only a
+ * mapped allocation catches it (SIGSEGV) -- and neither ever did for a page still pinned. */
+static void *host_pages_alloc(size_t bytes, size_t align_bytes, ks_phys_alloc *alloc)
+{
+    uint64_t pages = bytes >> KS_DMA_PAGE_SHIFT;
+    if (bytes <= HOST_HEAP_MAX_BYTES && align_bytes <= block_align_bytes(pages)) {
+        alloc->host_bytes = bytes;
+        alloc->host_mapped = false;
+        alloc->host_base = block_get(pages);
+        if (alloc->host_base != NULL)
+            memset(alloc->host_base, 0, bytes);
+        return alloc->host_base;
+    }
+    alloc->host_bytes = bytes + align_bytes - KS_DMA_PAGE_BYTES;
+    alloc->host_mapped = true;
+    alloc->host_base = mmap(NULL, alloc->host_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (alloc->host_base == MAP_FAILED)
+        return NULL;
+    return (void *)(uintptr_t)ks_dma_align_up((uintptr_t)alloc->host_base, align_bytes);
+}
+
+static void host_pages_free(ks_physmem *physmem, ks_phys_alloc *alloc)
+{
+    if (alloc->host_mapped)
+        munmap(alloc->host_base, alloc->host_bytes);
+    else
+        block_retire(physmem, alloc->host_base, alloc->host_bytes >> KS_DMA_PAGE_SHIFT);
+}
+
 static void alloc_release(ks_physmem *physmem, ks_phys_alloc *alloc)
 {
     if (alloc->prev != NULL)
@@ -231,7 +402,7 @@ static void alloc_release(ks_physmem *physmem, ks_phys_alloc *alloc)
         physmem->allocs = alloc->next;
     if (alloc->next != NULL)
         alloc->next->prev = alloc->prev;
-    munmap(alloc->map_base, alloc->map_bytes);
+    host_pages_free(physmem, alloc);
     free(alloc);
 }
 
@@ -239,13 +410,14 @@ static void alloc_release(ks_physmem *physmem, ks_phys_alloc *alloc)
 static void page_release(ks_physmem *physmem, ks_phys_page *page)
 {
     uint64_t phys_page = page->phys >> KS_DMA_PAGE_SHIFT;
-    hash_remove(physmem, page->host);
-    radix_set(physmem, phys_page, NULL);
+    index_remove(&physmem->by_host, (uint64_t)page->host >> KS_DMA_PAGE_SHIFT);
+    index_remove(&physmem->by_phys, phys_page);
     ks_bitalloc_free(&physmem->frames, phys_page, 1);
     physmem->pages_live--;
     if (phys_page >= physmem->boundary_pages)
         physmem->pages_high--;
-    free(page->ram);
+    ks_physmem_shadow_free(physmem, page->ram);
+    page->ram = NULL;
     ks_phys_alloc *owner = page->owner;
     page->next_free = physmem->free_records;
     physmem->free_records = page;
@@ -313,13 +485,9 @@ NTSTATUS ks_physmem_create(const ks_physmem_options *options, ks_physmem **out, 
     physmem->next_fit[0] = 1;
     physmem->next_fit[1] = physmem->boundary_pages;
     physmem->random_state = settled.seed ^ 0x5DEECE66Dull;
-    physmem->radix_leaves = (physmem->top_pages + RADIX_LEAF_ENTRIES - 1u) >> RADIX_LEAF_BITS;
-    physmem->radix = calloc(physmem->radix_leaves, sizeof *physmem->radix);
-    NTSTATUS status = physmem->radix == NULL
-                          ? ks_error_set(err, STATUS_INSUFFICIENT_RESOURCES, "physmem: no memory for the radix")
-                          : ks_bitalloc_init(&physmem->frames, physmem->top_pages, err);
+    physmem->by_phys.by_phys = true;
+    NTSTATUS status = ks_bitalloc_init(&physmem->frames, physmem->top_pages, err);
     if (!NT_SUCCESS(status)) {
-        free(physmem->radix);
         free(physmem);
         return status;
     }
@@ -332,9 +500,9 @@ void ks_physmem_destroy(ks_physmem *physmem)
 {
     if (physmem == NULL)
         return;
-    for (uint64_t i = 0; i < physmem->hash_capacity; i++)
-        if (physmem->hash_slots[i] != NULL)
-            free(physmem->hash_slots[i]->ram);
+    for (uint64_t i = 0; i < physmem->by_host.capacity; i++)
+        if (physmem->by_host.slots[i] != NULL)
+            ks_physmem_shadow_free(physmem, physmem->by_host.slots[i]->ram);
     while (physmem->allocs != NULL)
         alloc_release(physmem, physmem->allocs);
     while (physmem->slabs != NULL) {
@@ -342,24 +510,14 @@ void ks_physmem_destroy(ks_physmem *physmem)
         free(physmem->slabs);
         physmem->slabs = next;
     }
-    for (uint64_t i = 0; i < physmem->radix_leaves; i++)
-        free(physmem->radix[i]);
-    free(physmem->radix);
-    free(physmem->hash_slots);
+    free(physmem->by_host.slots);
+    free(physmem->by_phys.slots);
+    quarantine_drain(physmem);
     ks_bitalloc_destroy(&physmem->frames);
     free(physmem);
 }
 
 /* ---- allocations ---------------------------------------------------------------------------- */
-
-static void *map_aligned(size_t bytes, size_t align_bytes, ks_phys_alloc *alloc)
-{
-    alloc->map_bytes = bytes + align_bytes - KS_DMA_PAGE_BYTES;
-    alloc->map_base = mmap(NULL, alloc->map_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (alloc->map_base == MAP_FAILED)
-        return NULL;
-    return (void *)(uintptr_t)ks_dma_align_up((uintptr_t)alloc->map_base, align_bytes);
-}
 
 /* Gives the pages of an allocation their physical pages; on failure releases what it made. */
 static NTSTATUS alloc_place_pages(ks_physmem *physmem, ks_phys_alloc *alloc, uintptr_t host, uint64_t pages,
@@ -411,7 +569,7 @@ NTSTATUS ks_physmem_alloc(ks_physmem *physmem, size_t bytes, size_t align_bytes,
     uint64_t pages = ks_dma_align_up(bytes, KS_DMA_PAGE_BYTES) >> KS_DMA_PAGE_SHIFT;
     uint64_t limit_pages = phys_limit == 0 ? physmem->top_pages : phys_limit >> KS_DMA_PAGE_SHIFT;
     ks_phys_alloc *alloc = calloc(1, sizeof *alloc);
-    void *base = alloc == NULL ? NULL : map_aligned(pages << KS_DMA_PAGE_SHIFT, align_bytes, alloc);
+    void *base = alloc == NULL ? NULL : host_pages_alloc(pages << KS_DMA_PAGE_SHIFT, align_bytes, alloc);
     if (base == NULL) {
         free(alloc);
         return ks_error_set(err, STATUS_INSUFFICIENT_RESOURCES, "physmem: cannot reserve %zu bytes of host memory",
