@@ -230,6 +230,38 @@ Test(engine, open_offers_pins_and_reads_the_settled_framing_back)
     cr_assert_eq(calls.deletes, 2);
 }
 
+/* A closed engine's memory is reused by the next open on the thread: nothing of it may show. */
+Test(engine, an_engine_opened_after_another_starts_from_nothing)
+{
+    ks_workload_config first = {0};
+    pin_config(&first, 0, 8, 64, 0);
+    pin_config(&first, 1, 8, 64, 0);
+    ks_engine *engine = open_engine(&first, NULL);
+    step(engine, KS_OP_ALLOCATE, 0, 0);
+    step(engine, KS_OP_ALLOCATE, 1, 0);
+    step(engine, KS_OP_ALLOCATE, 1, 0);
+    step(engine, KS_OP_FREE, 1, 0);
+    cr_assert_eq(ks_engine_stats(engine)->ops, 4);
+    close_engine(engine);
+
+    ks_workload_config second = {0};
+    pin_config(&second, 0, 4, 256, 0);
+    engine = open_engine(&second, NULL);
+    const ks_run_stats *stats = ks_engine_stats(engine);
+    cr_assert_eq(stats->ops + stats->allocations + stats->frees + stats->peak_live, 0);
+    ks_live_view view;
+    ks_engine_view(engine, &view);
+    cr_assert_eq(view.pin_count, 1);
+    cr_assert_eq(view.live[0] + view.live[1], 0, "no frame of the closed engine is live");
+    cr_assert_null(ks_engine_frame(engine, 0, 0));
+    cr_assert_null(ks_engine_framing(engine, 1), "pin 1 of the closed engine is gone");
+    cr_assert_eq(ks_engine_framing(engine, 0)->FrameSize, 256);
+    step(engine, KS_OP_ALLOCATE, 0, 0);
+    cr_assert_eq(stats->ops, 1);
+    cr_assert_eq(stats->peak_live, 1);
+    close_engine(engine);
+}
+
 Test(engine, open_rejects_configs_it_cannot_run)
 {
     ks_workload_config config = {0};
