@@ -162,6 +162,72 @@ static void check_frames(void *const *frames, size_t count, size_t frame_bytes, 
     }
 }
 
+/* Another pin of the same allocator drains the heap with frames of other_framing; the promised
+ * pin must still hand out all `promised_frames` of its promise -- aligned, disjoint, its
+ * self-check passing as it goes -- and nothing beyond it, and Free must refill the promise.
+ * Then both pins and the heap are closed. */
+static void expect_promise_kept_on_a_drained_heap(pin *promised, ks_heap *heap, KSALLOCATOR_FRAMING other_framing,
+                                                   unsigned promised_frames, size_t align_bytes)
+{
+    pin other;
+    pin_open_ok(&other, promised->entry, other_framing, heap);
+    static void *drained[1u << 14];
+    size_t drained_count = take_all(&other, drained, 1u << 14);
+    cr_assert_gt(drained_count, 0);
+
+    void *frames[64];
+    cr_assert_leq(promised_frames, 64);
+    for (unsigned i = 0; i < promised_frames; i++) {
+        frames[i] = pin_allocate(promised);
+        cr_assert_not_null(frames[i], "promised frame %u of %u refused", i, promised_frames);
+        if (i % 8 == 0)
+            expect_check_ok(promised, "while serving the promise");
+    }
+    check_frames(frames, promised_frames, promised->framing.FrameSize, align_bytes, "set-aside frames");
+    cr_assert_eq(pin_counter(promised, "frames_set_aside"), 0);
+    cr_assert_null(pin_allocate(promised), "the heap is drained: nothing beyond the promise");
+    for (unsigned i = 0; i < promised_frames; i++)
+        pin_free(promised, frames[i]);
+    cr_assert_eq(pin_counter(promised, "frames_set_aside"), promised_frames, "Free refills the promise");
+    expect_check_ok(promised, "after the frames came back");
+    for (size_t i = 0; i < drained_count; i++)
+        pin_free(&other, drained[i]);
+    pin_delete(&other);
+    pin_delete(promised);
+    heap_close(heap);
+}
+
+/* A 1 MiB heap whose free space is single 4 KiB frames between live ones of `other`: frames[0,
+ * count) are what other took, the even ones given back. */
+typedef struct scattered_heap {
+    ks_heap *heap;
+    pin other;
+    void *frames[1024];
+    size_t count;
+} scattered_heap;
+
+/* Opens the scene; returns the number of holes. */
+static ULONG scattered_heap_open(scattered_heap *scene, const ks_allocator_entry *entry, ULONG align_mask)
+{
+    scene->heap = heap_open(1u << 20);
+    pin_open_ok(&scene->other, entry, make_framing(0, 4096, align_mask, false), scene->heap);
+    scene->count = take_all(&scene->other, scene->frames, 1024);
+    cr_assert_gt(scene->count, 16);
+    for (size_t i = 0; i < scene->count; i += 2)
+        pin_free(&scene->other, scene->frames[i]);
+    return (ULONG)((scene->count + 1) / 2);
+}
+
+/* Gives other's frames back; the allocator must see its heap whole again. */
+static void scattered_heap_close(scattered_heap *scene)
+{
+    for (size_t i = 1; i < scene->count; i += 2)
+        pin_free(&scene->other, scene->frames[i]);
+    expect_check_ok(&scene->other, "with the heap whole again");
+    pin_delete(&scene->other);
+    heap_close(scene->heap);
+}
+
 /* ---- buddy: the map ------------------------------------------------------------------------- */
 
 typedef struct buddy_largest {
@@ -375,60 +441,25 @@ Test(buddy, must_allocate_reserves_without_touching_and_keeps_its_promise)
     cr_assert_null(instance->set_aside, "three blocks of three orders: all in slots");
     expect_check_ok(&promised, "after the reservation");
 
-    pin other;
-    pin_open_ok(&other, &test_buddy_entry, make_framing(0, 64, 63, false), heap);
-    static void *drained[1u << 14];
-    size_t drained_count = take_all(&other, drained, 1u << 14);
-    cr_assert_gt(drained_count, 0);
-
-    void *frames[37];
-    for (unsigned i = 0; i < 37; i++) {
-        frames[i] = pin_allocate(&promised);
-        cr_assert_not_null(frames[i], "promised frame %u of 37 refused", i);
-        if (i % 8 == 0)
-            expect_check_ok(&promised, "while serving the promise");
-    }
-    check_frames(frames, 37, 4096, 4096, "buddy set-aside frames");
-    cr_assert_eq(pin_counter(&promised, "frames_set_aside"), 0);
-    for (unsigned i = 0; i < 37; i++)
-        pin_free(&promised, frames[i]);
-    cr_assert_eq(pin_counter(&promised, "frames_set_aside"), 37, "Free refills the promise");
-    expect_check_ok(&promised, "after the frames came back");
-    for (size_t i = 0; i < drained_count; i++)
-        pin_free(&other, drained[i]);
-    pin_delete(&other);
-    pin_delete(&promised);
-    heap_close(heap);
+    expect_promise_kept_on_a_drained_heap(&promised, heap, make_framing(0, 64, 63, false), 37, 4096);
 }
 
 /* Where no block is large enough the reservation halves, down to single blocks: it succeeds
  * exactly when Frames blocks could be taken one by one. */
 Test(buddy, must_allocate_takes_a_scattered_heap_block_by_block)
 {
-    ks_heap *heap = heap_open(1u << 20);
-    pin other;
-    pin_open_ok(&other, &test_buddy_entry, make_framing(0, 4096, 63, false), heap);
-    static void *frames[1024];
-    size_t count = take_all(&other, frames, 1024);
-    cr_assert_gt(count, 16);
-    for (size_t i = 0; i < count; i += 2)
-        pin_free(&other, frames[i]); /* the free space: single blocks between live ones */
-    ULONG holes = (ULONG)((count + 1) / 2);
-
+    static scattered_heap scene;
+    ULONG holes = scattered_heap_open(&scene, &test_buddy_entry, 63);
     pin refused;
-    cr_assert_eq(pin_open(&refused, &test_buddy_entry, make_framing(holes + 1, 4096, 63, true), heap),
+    cr_assert_eq(pin_open(&refused, &test_buddy_entry, make_framing(holes + 1, 4096, 63, true), scene.heap),
                  STATUS_INSUFFICIENT_RESOURCES, "one frame more than the heap has free");
     pin promised;
-    pin_open_ok(&promised, &test_buddy_entry, make_framing(holes, 4096, 63, true), heap);
+    pin_open_ok(&promised, &test_buddy_entry, make_framing(holes, 4096, 63, true), scene.heap);
     buddy_instance *instance = promised.context;
     cr_assert_eq(instance->frames_set_aside, holes);
     expect_check_ok(&promised, "after a reservation of scattered blocks");
     pin_delete(&promised);
-    for (size_t i = 1; i < count; i += 2)
-        pin_free(&other, frames[i]);
-    expect_check_ok(&other, "with the heap whole again");
-    pin_delete(&other);
-    heap_close(heap);
+    scattered_heap_close(&scene);
 }
 
 Test(buddy, self_check_follows_set_aside_blocks_of_many_frames)
@@ -585,60 +616,25 @@ Test(tlsf, must_allocate_reserves_a_run_and_keeps_its_promise)
     cr_assert_eq(tlsf_set_aside_frames(instance, instance->set_aside), 64, "one run of 64 slots");
     expect_check_ok(&promised, "after the reservation");
 
-    pin other;
-    pin_open_ok(&other, &test_tlsf_entry, make_framing(0, 512, 15, false), heap);
-    static void *drained[1u << 14];
-    size_t drained_count = take_all(&other, drained, 1u << 14);
-    cr_assert_gt(drained_count, 0);
-
-    void *frames[64];
-    for (unsigned i = 0; i < 64; i++) {
-        frames[i] = pin_allocate(&promised);
-        cr_assert_not_null(frames[i], "promised frame %u of 64 refused", i);
-        if (i % 8 == 0)
-            expect_check_ok(&promised, "while carving the run");
-    }
-    check_frames(frames, 64, 4096, 4096, "tlsf set-aside frames");
-    cr_assert_null(pin_allocate(&promised), "the heap is drained: nothing beyond the promise");
-    for (unsigned i = 0; i < 64; i++)
-        pin_free(&promised, frames[i]);
-    cr_assert_eq(pin_counter(&promised, "frames_set_aside"), 64, "Free refills the promise");
-    expect_check_ok(&promised, "after the frames came back");
-    for (size_t i = 0; i < drained_count; i++)
-        pin_free(&other, drained[i]);
-    pin_delete(&other);
-    pin_delete(&promised);
-    heap_close(heap);
+    expect_promise_kept_on_a_drained_heap(&promised, heap, make_framing(0, 512, 15, false), 64, 4096);
 }
 
 /* Where no free block holds a run the reservation halves, down to frames taken one by one: it
  * succeeds exactly when those would. */
 Test(tlsf, must_allocate_takes_a_scattered_heap_frame_by_frame)
 {
-    ks_heap *heap = heap_open(1u << 20);
-    pin other;
-    pin_open_ok(&other, &test_tlsf_entry, make_framing(0, 4096, 15, false), heap);
-    static void *frames[1024];
-    size_t count = take_all(&other, frames, 1024);
-    cr_assert_gt(count, 16);
-    for (size_t i = 0; i < count; i += 2)
-        pin_free(&other, frames[i]); /* holes of one frame between live ones */
-    ULONG holes = (ULONG)((count + 1) / 2);
-
+    static scattered_heap scene;
+    ULONG holes = scattered_heap_open(&scene, &test_tlsf_entry, 15);
     pin refused;
-    cr_assert_eq(pin_open(&refused, &test_tlsf_entry, make_framing(holes + 1, 4096, 15, true), heap),
+    cr_assert_eq(pin_open(&refused, &test_tlsf_entry, make_framing(holes + 1, 4096, 15, true), scene.heap),
                  STATUS_INSUFFICIENT_RESOURCES, "one frame more than the heap has room for");
-    expect_check_ok(&other, "after a refused reservation");
+    expect_check_ok(&scene.other, "after a refused reservation");
     pin promised;
-    pin_open_ok(&promised, &test_tlsf_entry, make_framing(holes, 4096, 15, true), heap);
+    pin_open_ok(&promised, &test_tlsf_entry, make_framing(holes, 4096, 15, true), scene.heap);
     cr_assert_eq(((tlsf_instance *)promised.context)->frames_set_aside, holes);
     expect_check_ok(&promised, "after a reservation of scattered frames");
     pin_delete(&promised);
-    for (size_t i = 1; i < count; i += 2)
-        pin_free(&other, frames[i]);
-    expect_check_ok(&other, "with the heap whole again");
-    pin_delete(&other);
-    heap_close(heap);
+    scattered_heap_close(&scene);
 }
 
 Test(tlsf, self_check_follows_set_aside_runs)
