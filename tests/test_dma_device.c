@@ -52,6 +52,37 @@ static ks_dma_addr coherent(ks_dma_adapter *adapter, size_t bytes, void **cpu)
     return bus;
 }
 
+/* A device with one coherent page and a FILL descriptor over it whose completions go to log. */
+typedef struct fill_scene {
+    ks_dma_device *device;
+    ks_dma_adapter *adapter;
+    void *cpu;
+    ks_dma_addr bus;
+    ks_dma_segment segment;
+    completion_log log;
+    ks_dma_descriptor fill;
+    uint64_t cookie; /* of the last submit */
+} fill_scene;
+
+static void fill_scene_submit(fill_scene *scene, unsigned count)
+{
+    for (unsigned i = 0; i < count; i++)
+        cr_assert_eq(ks_dma_device_submit(scene->device, &scene->fill, &scene->cookie, NULL), STATUS_SUCCESS);
+}
+
+/* Opens the scene and submits `submits` fills, none issued. */
+static void fill_scene_open(fill_scene *scene, const char *options, unsigned submits)
+{
+    memset(scene, 0, sizeof *scene);
+    scene->device = test_device(options);
+    scene->adapter = ks_dma_device_adapter(scene->device);
+    scene->bus = coherent(scene->adapter, PAGE, &scene->cpu);
+    scene->segment = (ks_dma_segment){scene->bus, PAGE};
+    scene->fill = (ks_dma_descriptor){.op = KS_DMA_OP_FILL, .dst = &scene->segment, .dst_count = 1,
+                                      .callback = log_completion, .context = &scene->log};
+    fill_scene_submit(scene, submits);
+}
+
 Test(dma_device, ops_and_callbacks_in_cookie_order)
 {
     ks_dma_device *device = test_device("mask=32");
@@ -174,99 +205,80 @@ Test(dma_device, full_ring_and_waits)
 
 Test(dma_device, terminate_aborts_what_has_not_started)
 {
-    ks_dma_device *device = test_device("mask=32,latency_ns=2000000");
-    ks_dma_adapter *adapter = ks_dma_device_adapter(device);
-    void *cpu;
-    ks_dma_addr bus = coherent(adapter, PAGE, &cpu);
-    ks_dma_segment segment = {bus, PAGE};
-    completion_log log = {0};
-    ks_dma_descriptor fill = {.op = KS_DMA_OP_FILL, .dst = &segment, .dst_count = 1, .callback = log_completion,
-                              .context = &log};
-    uint64_t cookie;
-    for (int i = 0; i < 10; i++)
-        cr_assert_eq(ks_dma_device_submit(device, &fill, &cookie, NULL), STATUS_SUCCESS);
-    ks_dma_device_issue_pending(device);
+    static fill_scene scene;
+    fill_scene_open(&scene, "mask=32,latency_ns=2000000", 10);
+    ks_dma_device_issue_pending(scene.device);
     uint64_t started = now_ns();
-    ks_dma_device_terminate_all(device);
+    ks_dma_device_terminate_all(scene.device);
     cr_assert_lt(now_ns() - started, 15000000u, "terminate does not wait for ten 2 ms descriptors");
-    cr_assert_eq(atomic_load(&log.count), 10, "every descriptor completed, callbacks included");
+    cr_assert_eq(atomic_load(&scene.log.count), 10, "every descriptor completed, callbacks included");
     unsigned aborted = 0;
     for (int i = 0; i < 10; i++)
-        aborted += log.results[i] == KS_DMA_RESULT_ABORTED;
+        aborted += scene.log.results[i] == KS_DMA_RESULT_ABORTED;
     cr_assert_geq(aborted, 8, "at most the running one or two finished");
     ks_dma_device_stats stats;
-    ks_dma_device_get_stats(device, &stats);
+    ks_dma_device_get_stats(scene.device, &stats);
     cr_assert_eq(stats.aborted, aborted);
-    ks_dma_free_coherent(adapter, PAGE, cpu, bus);
-    ks_dma_device_destroy(device);
+    ks_dma_free_coherent(scene.adapter, PAGE, scene.cpu, scene.bus);
+    ks_dma_device_destroy(scene.device);
 }
 
 Test(dma_device, destroy_with_work_pending_and_submit_after_stop)
 {
-    ks_dma_device *device = test_device("mask=32,latency_ns=1000000");
-    ks_dma_adapter *adapter = ks_dma_device_adapter(device);
-    void *cpu;
-    ks_dma_addr bus = coherent(adapter, PAGE, &cpu);
-    ks_dma_segment segment = {bus, PAGE};
-    ks_dma_descriptor fill = {.op = KS_DMA_OP_FILL, .dst = &segment, .dst_count = 1};
-    uint64_t cookie;
-    for (int i = 0; i < 20; i++)
-        cr_assert_eq(ks_dma_device_submit(device, &fill, &cookie, NULL), STATUS_SUCCESS);
-    ks_dma_device_issue_pending(device);
-    for (int i = 0; i < 5; i++)
-        cr_assert_eq(ks_dma_device_submit(device, &fill, &cookie, NULL), STATUS_SUCCESS); /* never issued */
+    static fill_scene scene;
+    fill_scene_open(&scene, "mask=32,latency_ns=1000000", 20);
+    ks_dma_device_issue_pending(scene.device);
+    fill_scene_submit(&scene, 5); /* never issued */
     uint64_t started = now_ns();
-    ks_dma_device_stop(device);
+    ks_dma_device_stop(scene.device);
     cr_assert_lt(now_ns() - started, 10000000u, "stop aborts instead of draining");
     ks_error err;
-    cr_assert_eq(ks_dma_device_submit(device, &fill, &cookie, &err), STATUS_UNSUCCESSFUL);
+    cr_assert_eq(ks_dma_device_submit(scene.device, &scene.fill, &scene.cookie, &err), STATUS_UNSUCCESSFUL);
     cr_assert_not_null(strstr(err.message, "stopped"), "%s", err.message);
-    cr_assert_eq(ks_dma_report_count_rule(adapter, KS_DMA_RULE_LEAK), 1, "the common buffer is reported at stop");
-    ks_dma_device_destroy(device); /* frees it: LSan is the proof */
+    cr_assert_eq(ks_dma_report_count_rule(scene.adapter, KS_DMA_RULE_LEAK), 1, "the common buffer is reported at stop");
+    ks_dma_device_destroy(scene.device); /* frees it: LSan is the proof */
 }
 
 Test(dma_device, submitted_but_never_issued_completes_aborted_at_stop)
 {
     /* The engine starts on the first doorbell; a stop with descriptors submitted but never rung
      * must still start it, so that each completes (aborted) and its callback runs. */
-    ks_dma_device *device = test_device("mask=32");
-    ks_dma_adapter *adapter = ks_dma_device_adapter(device);
-    void *cpu;
-    ks_dma_addr bus = coherent(adapter, PAGE, &cpu);
-    ks_dma_segment segment = {bus, PAGE};
-    completion_log log = {0};
-    ks_dma_descriptor fill = {.op = KS_DMA_OP_FILL, .dst = &segment, .dst_count = 1, .callback = log_completion,
-                              .context = &log};
-    uint64_t cookie;
-    for (int i = 0; i < 3; i++)
-        cr_assert_eq(ks_dma_device_submit(device, &fill, &cookie, NULL), STATUS_SUCCESS);
-    ks_dma_free_coherent(adapter, PAGE, cpu, bus);
-    ks_dma_device_stop(device);
-    cr_assert_eq(atomic_load(&log.count), 3, "every submitted descriptor completed at stop");
+    static fill_scene scene;
+    fill_scene_open(&scene, "mask=32", 3);
+    ks_dma_free_coherent(scene.adapter, PAGE, scene.cpu, scene.bus);
+    ks_dma_device_stop(scene.device);
+    cr_assert_eq(atomic_load(&scene.log.count), 3, "every submitted descriptor completed at stop");
     for (int i = 0; i < 3; i++) {
-        cr_assert_eq(log.cookies[i], (uint64_t)i + 1u);
-        cr_assert_eq(log.results[i], KS_DMA_RESULT_ABORTED);
+        cr_assert_eq(scene.log.cookies[i], (uint64_t)i + 1u);
+        cr_assert_eq(scene.log.results[i], KS_DMA_RESULT_ABORTED);
     }
-    ks_dma_device_destroy(device);
+    ks_dma_device_destroy(scene.device);
+}
+
+/* Runs one FILL with pattern seed over a fresh coherent page of device and reports whether it
+ * completed and landed. No Criterion assertion, so that a forked child can call it. */
+static bool run_one_fill(ks_dma_device *device, unsigned seed)
+{
+    ks_dma_adapter *adapter = ks_dma_device_adapter(device);
+    ks_dma_addr bus;
+    void *cpu = ks_dma_alloc_coherent(adapter, PAGE, &bus, NULL);
+    if (cpu == NULL)
+        return false;
+    ks_dma_segment segment = {bus, PAGE};
+    ks_dma_descriptor fill = {.op = KS_DMA_OP_FILL, .dst = &segment, .dst_count = 1, .pattern_seed = seed};
+    ks_dma_completion completion;
+    bool landed = ks_dma_device_run(device, &fill, &completion, 5000000000u, NULL) == STATUS_SUCCESS &&
+                  completion.result == KS_DMA_RESULT_OK && ks_dma_pattern_check(cpu, PAGE, seed, 0) == SIZE_MAX;
+    ks_dma_free_coherent(adapter, PAGE, cpu, bus);
+    return landed;
 }
 
 /* One device's life: idle (no engine start) or one fill that must land. */
 static void device_life(bool runs, unsigned round)
 {
     ks_dma_device *device = test_device("mask=32");
-    if (runs) {
-        ks_dma_adapter *adapter = ks_dma_device_adapter(device);
-        void *cpu;
-        ks_dma_addr bus = coherent(adapter, PAGE, &cpu);
-        ks_dma_segment segment = {bus, PAGE};
-        ks_dma_descriptor fill = {.op = KS_DMA_OP_FILL, .dst = &segment, .dst_count = 1, .pattern_seed = round};
-        ks_dma_completion completion;
-        cr_assert_eq(ks_dma_device_run(device, &fill, &completion, 5000000000u, NULL), STATUS_SUCCESS,
-                     "round %u: the engine ran", round);
-        cr_assert_eq(completion.result, KS_DMA_RESULT_OK);
-        cr_assert_eq(ks_dma_pattern_check(cpu, PAGE, round, 0), SIZE_MAX, "round %u: the fill landed", round);
-        ks_dma_free_coherent(adapter, PAGE, cpu, bus);
-    }
+    if (runs)
+        cr_assert(run_one_fill(device, round), "round %u: the engine ran and the fill landed", round);
     ks_dma_device_destroy(device);
 }
 
@@ -294,15 +306,7 @@ Test(dma_device, a_forked_child_does_not_inherit_parked_workers, .timeout = 60)
     if (child == 0) {
         /* The parked worker did not survive the fork: handing it a device would never run it. */
         ks_dma_device *device = test_device("mask=32");
-        ks_dma_adapter *adapter = ks_dma_device_adapter(device);
-        ks_dma_addr bus;
-        void *cpu = ks_dma_alloc_coherent(adapter, PAGE, &bus, NULL);
-        ks_dma_segment segment = {bus, PAGE};
-        ks_dma_descriptor fill = {.op = KS_DMA_OP_FILL, .dst = &segment, .dst_count = 1, .pattern_seed = 9};
-        ks_dma_completion completion;
-        NTSTATUS status = ks_dma_device_run(device, &fill, &completion, 5000000000u, NULL);
-        bool landed = cpu != NULL && status == STATUS_SUCCESS && ks_dma_pattern_check(cpu, PAGE, 9, 0) == SIZE_MAX;
-        ks_dma_free_coherent(adapter, PAGE, cpu, bus);
+        bool landed = run_one_fill(device, 9);
         ks_dma_device_destroy(device);
         _exit(landed ? 0 : 1);
     }
