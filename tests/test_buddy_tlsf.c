@@ -22,6 +22,7 @@
 #include <criterion/criterion.h>
 #include <errno.h>
 
+#include "framing_request.h"
 #include "heap.h"
 
 /* ---- helpers ---------------------------------------------------------------------------------- */
@@ -32,18 +33,6 @@ typedef struct pin {
     KSALLOCATOR_FRAMING framing; /* as settled by InitializeAllocator */
     void *context;
 } pin;
-
-static KSALLOCATOR_FRAMING make_framing(ULONG frames, ULONG frame_bytes, ULONG align_mask, bool must_allocate)
-{
-    KSALLOCATOR_FRAMING framing;
-    memset(&framing, 0, sizeof framing);
-    framing.RequirementsFlags = must_allocate ? KSALLOCATOR_REQUIREMENTF_MUST_ALLOCATE : 0;
-    framing.PoolType = NonPagedPool;
-    framing.Frames = frames;
-    framing.FrameSize = frame_bytes;
-    framing.FileAlignment = align_mask;
-    return framing;
-}
 
 static NTSTATUS pin_open(pin *p, const ks_allocator_entry *entry, KSALLOCATOR_FRAMING framing, ks_heap *heap)
 {
@@ -210,7 +199,7 @@ typedef struct scattered_heap {
 static ULONG scattered_heap_open(scattered_heap *scene, const ks_allocator_entry *entry, ULONG align_mask)
 {
     scene->heap = heap_open(1u << 20);
-    pin_open_ok(&scene->other, entry, make_framing(0, 4096, align_mask, false), scene->heap);
+    pin_open_ok(&scene->other, entry, ks_test_framing(0, 4096, align_mask, false), scene->heap);
     scene->count = take_all(&scene->other, scene->frames, 1024);
     cr_assert_gt(scene->count, 16);
     for (size_t i = 0; i < scene->count; i += 2)
@@ -262,7 +251,7 @@ Test(buddy, self_check_finds_a_stale_entry_anywhere_inside_a_block)
 {
     ks_heap *heap = heap_open(1u << 20);
     pin p;
-    pin_open_ok(&p, &test_buddy_entry, make_framing(8, 4096, 63, false), heap);
+    pin_open_ok(&p, &test_buddy_entry, ks_test_framing(8, 4096, 63, false), heap);
     void *frame = pin_allocate(&p);
     cr_assert_not_null(frame);
     buddy_instance *instance = p.context;
@@ -308,7 +297,7 @@ typedef struct buddy_scene {
 static void buddy_scene_open(buddy_scene *scene)
 {
     scene->heap = heap_open(1u << 20);
-    pin_open_ok(&scene->p, &test_buddy_entry, make_framing(8, 4096, 63, false), scene->heap);
+    pin_open_ok(&scene->p, &test_buddy_entry, ks_test_framing(8, 4096, 63, false), scene->heap);
     for (unsigned i = 0; i < 8; i++) {
         scene->frames[i] = pin_allocate(&scene->p);
         cr_assert_not_null(scene->frames[i]);
@@ -429,7 +418,7 @@ Test(buddy, must_allocate_reserves_without_touching_and_keeps_its_promise)
     ks_heap *heap = heap_open(1u << 20);
     size_t resident_before = heap_resident_pages(heap);
     pin promised;
-    pin_open_ok(&promised, &test_buddy_entry, make_framing(37, 4096, 4095, true), heap);
+    pin_open_ok(&promised, &test_buddy_entry, ks_test_framing(37, 4096, 4095, true), heap);
     buddy_instance *instance = promised.context;
     size_t touched = heap_resident_pages(heap) - resident_before;
     size_t listed = buddy_listed_blocks(instance->state);
@@ -441,7 +430,7 @@ Test(buddy, must_allocate_reserves_without_touching_and_keeps_its_promise)
     cr_assert_null(instance->set_aside, "three blocks of three orders: all in slots");
     expect_check_ok(&promised, "after the reservation");
 
-    expect_promise_kept_on_a_drained_heap(&promised, heap, make_framing(0, 64, 63, false), 37, 4096);
+    expect_promise_kept_on_a_drained_heap(&promised, heap, ks_test_framing(0, 64, 63, false), 37, 4096);
 }
 
 /* Where no block is large enough the reservation halves, down to single blocks: it succeeds
@@ -451,10 +440,10 @@ Test(buddy, must_allocate_takes_a_scattered_heap_block_by_block)
     static scattered_heap scene;
     ULONG holes = scattered_heap_open(&scene, &test_buddy_entry, 63);
     pin refused;
-    cr_assert_eq(pin_open(&refused, &test_buddy_entry, make_framing(holes + 1, 4096, 63, true), scene.heap),
+    cr_assert_eq(pin_open(&refused, &test_buddy_entry, ks_test_framing(holes + 1, 4096, 63, true), scene.heap),
                  STATUS_INSUFFICIENT_RESOURCES, "one frame more than the heap has free");
     pin promised;
-    pin_open_ok(&promised, &test_buddy_entry, make_framing(holes, 4096, 63, true), scene.heap);
+    pin_open_ok(&promised, &test_buddy_entry, ks_test_framing(holes, 4096, 63, true), scene.heap);
     buddy_instance *instance = promised.context;
     cr_assert_eq(instance->frames_set_aside, holes);
     expect_check_ok(&promised, "after a reservation of scattered blocks");
@@ -466,7 +455,7 @@ Test(buddy, self_check_follows_set_aside_blocks_of_many_frames)
 {
     ks_heap *heap = heap_open(1u << 20);
     pin p;
-    pin_open_ok(&p, &test_buddy_entry, make_framing(6, 4096, 63, true), heap); /* 6 = 4 + 2: two blocks */
+    pin_open_ok(&p, &test_buddy_entry, ks_test_framing(6, 4096, 63, true), heap); /* 6 = 4 + 2: two blocks */
     buddy_instance *instance = p.context;
     buddy_state *state = instance->state;
     unsigned big = instance->block_order + 2, small = instance->block_order + 1;
@@ -516,7 +505,7 @@ Test(buddy, a_new_shared_buddy_writes_nothing_into_the_heap)
     ks_heap *heap = heap_open((1u << 20) + (5u << 12) + 192); /* not a power of two: many seeded blocks */
     size_t resident_before = heap_resident_pages(heap);
     pin p;
-    pin_open_ok(&p, &test_buddy_entry, make_framing(4, 64, 63, false), heap);
+    pin_open_ok(&p, &test_buddy_entry, ks_test_framing(4, 64, 63, false), heap);
     cr_assert_eq(heap_resident_pages(heap), resident_before);
     buddy_instance *instance = p.context;
     cr_assert_eq(instance->state->nonempty_orders, 0, "seeded blocks went on the lists");
@@ -538,7 +527,7 @@ Test(buddy, a_new_shared_buddy_writes_nothing_into_the_heap)
 Test(tlsf, heads_of_empty_lists_are_never_read)
 {
     pin p;
-    pin_open_ok(&p, &test_tlsf_entry, make_framing(16, 100, 15, false), NULL);
+    pin_open_ok(&p, &test_tlsf_entry, ks_test_framing(16, 100, 15, false), NULL);
     tlsf_control *control = ((tlsf_instance *)p.context)->control;
     for (unsigned fl = 0; fl < TLSF_FL_COUNT; fl++)
         for (unsigned sl = 0; sl < TLSF_SL_COUNT; sl++)
@@ -565,7 +554,7 @@ Test(tlsf, heads_of_empty_lists_are_never_read)
 Test(tlsf, self_check_holds_the_bitmaps_to_the_lists)
 {
     pin p;
-    pin_open_ok(&p, &test_tlsf_entry, make_framing(16, 100, 15, false), NULL);
+    pin_open_ok(&p, &test_tlsf_entry, ks_test_framing(16, 100, 15, false), NULL);
     tlsf_control *control = ((tlsf_instance *)p.context)->control;
     void *frame = pin_allocate(&p);
     cr_assert_not_null(frame);
@@ -606,7 +595,7 @@ Test(tlsf, must_allocate_reserves_a_run_and_keeps_its_promise)
     ks_heap *heap = heap_open(4u << 20);
     pin promised;
     size_t resident_before = heap_resident_pages(heap);
-    pin_open_ok(&promised, &test_tlsf_entry, make_framing(64, 4096, 4095, true), heap);
+    pin_open_ok(&promised, &test_tlsf_entry, ks_test_framing(64, 4096, 4095, true), heap);
     size_t touched = heap_resident_pages(heap) - resident_before;
     /* The first block's header and sentinel, the run's header and link, the free block after the
      * run (its header and links may straddle two pages): 6 at most, where it was 64 and more. */
@@ -616,7 +605,7 @@ Test(tlsf, must_allocate_reserves_a_run_and_keeps_its_promise)
     cr_assert_eq(tlsf_set_aside_frames(instance, instance->set_aside), 64, "one run of 64 slots");
     expect_check_ok(&promised, "after the reservation");
 
-    expect_promise_kept_on_a_drained_heap(&promised, heap, make_framing(0, 512, 15, false), 64, 4096);
+    expect_promise_kept_on_a_drained_heap(&promised, heap, ks_test_framing(0, 512, 15, false), 64, 4096);
 }
 
 /* Where no free block holds a run the reservation halves, down to frames taken one by one: it
@@ -626,11 +615,11 @@ Test(tlsf, must_allocate_takes_a_scattered_heap_frame_by_frame)
     static scattered_heap scene;
     ULONG holes = scattered_heap_open(&scene, &test_tlsf_entry, 15);
     pin refused;
-    cr_assert_eq(pin_open(&refused, &test_tlsf_entry, make_framing(holes + 1, 4096, 15, true), scene.heap),
+    cr_assert_eq(pin_open(&refused, &test_tlsf_entry, ks_test_framing(holes + 1, 4096, 15, true), scene.heap),
                  STATUS_INSUFFICIENT_RESOURCES, "one frame more than the heap has room for");
     expect_check_ok(&scene.other, "after a refused reservation");
     pin promised;
-    pin_open_ok(&promised, &test_tlsf_entry, make_framing(holes, 4096, 15, true), scene.heap);
+    pin_open_ok(&promised, &test_tlsf_entry, ks_test_framing(holes, 4096, 15, true), scene.heap);
     cr_assert_eq(((tlsf_instance *)promised.context)->frames_set_aside, holes);
     expect_check_ok(&promised, "after a reservation of scattered frames");
     pin_delete(&promised);
@@ -641,7 +630,7 @@ Test(tlsf, self_check_follows_set_aside_runs)
 {
     ks_heap *heap = heap_open(1u << 20);
     pin p;
-    pin_open_ok(&p, &test_tlsf_entry, make_framing(8, 1000, 255, true), heap);
+    pin_open_ok(&p, &test_tlsf_entry, ks_test_framing(8, 1000, 255, true), heap);
     tlsf_instance *instance = p.context;
     tlsf_block *run = instance->set_aside;
     cr_assert_not_null(run);

@@ -50,6 +50,7 @@
 #include "../allocators/jemalloc_idle.h"
 #include "catalogue.h"
 #include "dma/dma.h"
+#include "framing_request.h"
 #include "heap.h"
 #include "verifier.h"
 
@@ -222,18 +223,6 @@ typedef struct instance {
 } instance;
 
 static const char *const pin_names[] = {"pin0", "pin1", "pin2", "pin3"};
-
-static KSALLOCATOR_FRAMING make_framing(ULONG frames, ULONG frame_bytes, ULONG align_mask, bool must_allocate)
-{
-    KSALLOCATOR_FRAMING framing;
-    memset(&framing, 0, sizeof framing);
-    framing.RequirementsFlags = must_allocate ? KSALLOCATOR_REQUIREMENTF_MUST_ALLOCATE : 0;
-    framing.PoolType = NonPagedPool;
-    framing.Frames = frames;
-    framing.FrameSize = frame_bytes;
-    framing.FileAlignment = align_mask;
-    return framing;
-}
 
 static NTSTATUS instance_open(instance *inst, const subject *subj, const KSALLOCATOR_FRAMING *requested,
                               ks_heap *heap, unsigned pin_id)
@@ -545,7 +534,7 @@ CONFORMANCE_TEST(framing_battery)
                 if (frames_taken * frame_bytes > BATTERY_BYTES_PER_FRAMING)
                     continue;
                 for (int must = 0; must < 2; must++) {
-                    KSALLOCATOR_FRAMING framing = make_framing(battery_frames[f], frame_bytes, mask, must);
+                    KSALLOCATOR_FRAMING framing = ks_test_framing(battery_frames[f], frame_bytes, mask, must);
                     run_framing(&subj, &framing);
                     framings++;
                 }
@@ -564,7 +553,7 @@ CONFORMANCE_TEST(promised_capacity_is_served)
     subject_open(param, &subj);
     const ULONG frame_counts[] = {1, 16, 64};
     for (size_t index = 0; index < sizeof frame_counts / sizeof frame_counts[0]; index++) {
-        KSALLOCATOR_FRAMING framing = make_framing(frame_counts[index], 4096, 63, true);
+        KSALLOCATOR_FRAMING framing = ks_test_framing(frame_counts[index], 4096, 63, true);
         instance inst;
         instance_open_ok(&inst, &subj, &framing, NULL, 0);
         cr_assert(instance_promised(&inst), "%s: MUST_ALLOCATE with Frames=%u promises nothing?", inst.label,
@@ -586,7 +575,7 @@ CONFORMANCE_TEST(bounded_refuses_past_frames_and_recovers)
     skip_unless(&subj, KS_CAP_BOUNDED, "KS_CAP_BOUNDED");
     const ULONG frame_counts[] = {1, 2, 16};
     for (size_t index = 0; index < sizeof frame_counts / sizeof frame_counts[0]; index++) {
-        KSALLOCATOR_FRAMING framing = make_framing(frame_counts[index], 256, 15, false);
+        KSALLOCATOR_FRAMING framing = ks_test_framing(frame_counts[index], 256, 15, false);
         instance inst;
         instance_open_ok(&inst, &subj, &framing, NULL, 0);
         void *frames[MAX_TEST_FRAMES];
@@ -615,7 +604,7 @@ CONFORMANCE_TEST(free_then_allocate_reuses)
     subject_open(param, &subj);
     const ULONG frame_counts[] = {0, 4};
     for (size_t index = 0; index < sizeof frame_counts / sizeof frame_counts[0]; index++) {
-        KSALLOCATOR_FRAMING framing = make_framing(frame_counts[index], 512, 7, false);
+        KSALLOCATOR_FRAMING framing = ks_test_framing(frame_counts[index], 512, 7, false);
         instance inst;
         instance_open_ok(&inst, &subj, &framing, NULL, 0);
         void *frames[MAX_TEST_FRAMES];
@@ -651,7 +640,7 @@ CONFORMANCE_TEST(zero_framing_accepted_and_written_back)
 {
     subject subj;
     subject_open(param, &subj);
-    KSALLOCATOR_FRAMING framing = make_framing(0, 0, 0, false);
+    KSALLOCATOR_FRAMING framing = ks_test_framing(0, 0, 0, false);
     instance inst;
     instance_open_ok(&inst, &subj, &framing, NULL, 0);
     check_settled_framing(&inst);
@@ -678,7 +667,7 @@ CONFORMANCE_TEST(invalid_alignment_mask_rejected)
     subject_open(param, &subj);
     const ULONG bad_masks[] = {2, 5, 6, 0x0FFE, 0x1000, 0x1001, 0x80000000u, 0xFFFFFFFEu};
     for (size_t index = 0; index < sizeof bad_masks / sizeof bad_masks[0]; index++) {
-        KSALLOCATOR_FRAMING framing = make_framing(4, 4096, bad_masks[index], false);
+        KSALLOCATOR_FRAMING framing = ks_test_framing(4, 4096, bad_masks[index], false);
         instance inst;
         NTSTATUS status = instance_open(&inst, &subj, &framing, NULL, 0);
         if (NT_SUCCESS(status))
@@ -696,7 +685,7 @@ CONFORMANCE_TEST(over_the_limits_is_an_error_not_a_crash)
     const ks_allocator_entry *entry = subj.entry;
     size_t tried = 0;
     if (entry->max_frame_bytes != 0 && entry->max_frame_bytes < 0xFFFFFFFFu) {
-        KSALLOCATOR_FRAMING framing = make_framing(4, (ULONG)(entry->max_frame_bytes + 1), 0, false);
+        KSALLOCATOR_FRAMING framing = ks_test_framing(4, (ULONG)(entry->max_frame_bytes + 1), 0, false);
         instance inst;
         NTSTATUS status = instance_open(&inst, &subj, &framing, NULL, 0);
         if (NT_SUCCESS(status))
@@ -706,7 +695,7 @@ CONFORMANCE_TEST(over_the_limits_is_an_error_not_a_crash)
         tried++;
     }
     if (entry->max_align_bytes != 0 && entry->max_align_bytes <= 0x80000000u) {
-        KSALLOCATOR_FRAMING framing = make_framing(4, 64, (ULONG)(entry->max_align_bytes * 2 - 1), false);
+        KSALLOCATOR_FRAMING framing = ks_test_framing(4, 64, (ULONG)(entry->max_align_bytes * 2 - 1), false);
         instance inst;
         NTSTATUS status = instance_open(&inst, &subj, &framing, NULL, 0);
         if (NT_SUCCESS(status))
@@ -716,7 +705,7 @@ CONFORMANCE_TEST(over_the_limits_is_an_error_not_a_crash)
         tried++;
     }
     /* The largest FrameSize the ABI can say: any answer but a crash. */
-    KSALLOCATOR_FRAMING framing = make_framing(1, 0xFFFFFFFFu, 0, false);
+    KSALLOCATOR_FRAMING framing = ks_test_framing(1, 0xFFFFFFFFu, 0, false);
     instance inst;
     if (NT_SUCCESS(instance_open(&inst, &subj, &framing, NULL, 0))) {
         void *frame = instance_allocate(&inst);
@@ -736,7 +725,7 @@ CONFORMANCE_TEST(over_the_limits_is_an_error_not_a_crash)
 __attribute__((noinline)) static void delete_with_frames_live(const subject *subj)
 {
     for (unsigned cycle = 0; cycle < 24; cycle++) {
-        KSALLOCATOR_FRAMING framing = make_framing(cycle % 2 ? 16 : 0, cycle % 3 ? 65536 : 100, 63, cycle % 4 == 0);
+        KSALLOCATOR_FRAMING framing = ks_test_framing(cycle % 2 ? 16 : 0, cycle % 3 ? 65536 : 100, 63, cycle % 4 == 0);
         instance inst;
         instance_open_ok(&inst, subj, &framing, NULL, 0);
         void *frames[MAX_TEST_FRAMES];
@@ -805,9 +794,9 @@ CONFORMANCE_TEST(self_check_and_counters_after_mixed_sequence)
 {
     subject subj;
     subject_open(param, &subj);
-    KSALLOCATOR_FRAMING bounded = make_framing(16, 200, 31, false);
-    KSALLOCATOR_FRAMING unbounded = make_framing(0, 4096, 4095, false);
-    KSALLOCATOR_FRAMING promised = make_framing(32, 1000, 7, true);
+    KSALLOCATOR_FRAMING bounded = ks_test_framing(16, 200, 31, false);
+    KSALLOCATOR_FRAMING unbounded = ks_test_framing(0, 4096, 4095, false);
+    KSALLOCATOR_FRAMING promised = ks_test_framing(32, 1000, 7, true);
     run_mixed_sequence(&subj, &bounded, 0x9E3779B97F4A7C15u);
     run_mixed_sequence(&subj, &unbounded, 0xD1B54A32D192ED03u);
     run_mixed_sequence(&subj, &promised, 0x8CB92BA72F3D8DD7u);
@@ -827,8 +816,8 @@ CONFORMANCE_TEST(shared_heap_pins_get_disjoint_frames)
     cr_assert_eq(ks_heap_create("conformance", 64u << 20, &heap, &err), STATUS_SUCCESS, "%s", err.message);
     /* Different frame sizes only where the allocator says it can serve them from one heap. */
     ULONG second_bytes = has_cap(&subj, KS_CAP_ANY_SIZE) ? 1000 : 4096;
-    KSALLOCATOR_FRAMING first_framing = make_framing(32, 4096, 63, false);
-    KSALLOCATOR_FRAMING second_framing = make_framing(32, second_bytes, 63, false);
+    KSALLOCATOR_FRAMING first_framing = ks_test_framing(32, 4096, 63, false);
+    KSALLOCATOR_FRAMING second_framing = ks_test_framing(32, second_bytes, 63, false);
     instance first, second;
     instance_open_ok(&first, &subj, &first_framing, heap, 0);
     instance_open_ok(&second, &subj, &second_framing, heap, 1);
@@ -942,7 +931,7 @@ CONFORMANCE_TEST(thread_safe_instances_survive_two_threads)
     skip_unless(&subj, KS_CAP_THREAD_SAFE, "KS_CAP_THREAD_SAFE");
     const ULONG frame_counts[] = {0, 16};
     for (size_t index = 0; index < sizeof frame_counts / sizeof frame_counts[0]; index++) {
-        KSALLOCATOR_FRAMING framing = make_framing(frame_counts[index], 256, 15, false);
+        KSALLOCATOR_FRAMING framing = ks_test_framing(frame_counts[index], 256, 15, false);
         instance inst;
         instance_open_ok(&inst, &subj, &framing, NULL, 0);
         atomic_long frames_live;
@@ -1060,7 +1049,7 @@ CONFORMANCE_TEST(verifier_battery_finds_no_fault)
                     if (!framing_within_limits(subj.entry, sizes[s], (size_t)masks[a] + 1))
                         continue;
                     verified v;
-                    verified_open(&v, verifier, &subj, make_framing(frame_counts[f], sizes[s], masks[a], must), NULL,
+                    verified_open(&v, verifier, &subj, ks_test_framing(frame_counts[f], sizes[s], masks[a], must), NULL,
                                   0);
                     verified_exercise(&v);
                     ks_verifier_dispatch.DeleteAllocator(v.context);
@@ -1075,8 +1064,8 @@ CONFORMANCE_TEST(verifier_random_ops_find_no_fault)
     subject subj;
     subject_open(param, &subj);
     ks_verifier *verifier = verifier_open();
-    const KSALLOCATOR_FRAMING framings[] = {make_framing(16, 300, 15, false), make_framing(0, 2048, 255, false),
-                                           make_framing(24, 64, 63, true)};
+    const KSALLOCATOR_FRAMING framings[] = {ks_test_framing(16, 300, 15, false), ks_test_framing(0, 2048, 255, false),
+                                           ks_test_framing(24, 64, 63, true)};
     for (size_t index = 0; index < sizeof framings / sizeof framings[0]; index++) {
         verified v;
         verified_open(&v, verifier, &subj, framings[index], NULL, 0);
@@ -1112,7 +1101,7 @@ CONFORMANCE_TEST(verifier_reports_frames_live_at_delete_as_leak)
     subject_open(param, &subj);
     ks_verifier *verifier = verifier_open();
     verified v;
-    verified_open(&v, verifier, &subj, make_framing(8, 4096, 63, false), NULL, 0);
+    verified_open(&v, verifier, &subj, ks_test_framing(8, 4096, 63, false), NULL, 0);
     for (unsigned index = 0; index < 3; index++)
         cr_assert_not_null(ks_verifier_dispatch.Allocate(v.context), "%s: frame %u", v.label, index);
     ks_verifier_dispatch.DeleteAllocator(v.context); /* the inner allocator releases them; LSan checks */
@@ -1140,7 +1129,7 @@ CONFORMANCE_TEST(verifier_shared_heap_finds_no_overlap)
     const ULONG sizes[] = {4096, 700, 65536};
     for (unsigned p = 0; p < 3; p++)
         verified_open(&pins[p], verifier, &subj,
-                      make_framing(16, has_cap(&subj, KS_CAP_ANY_SIZE) ? sizes[p] : 4096, 63, false), heap, p);
+                      ks_test_framing(16, has_cap(&subj, KS_CAP_ANY_SIZE) ? sizes[p] : 4096, 63, false), heap, p);
     for (unsigned p = 0; p < 3; p++)
         verified_exercise(&pins[p]);
     void *kept = ks_verifier_dispatch.Allocate(pins[0].context);
@@ -1239,7 +1228,7 @@ CONFORMANCE_TEST(dma_frames_are_reachable_by_the_device)
         for (size_t z = 0; z < sizeof sizes / sizeof sizes[0]; z++) {
             if (!framing_within_limits(subj.entry, sizes[z], 64))
                 continue;
-            KSALLOCATOR_FRAMING framing = make_framing(REACH_FRAMES, sizes[z], 63, false);
+            KSALLOCATOR_FRAMING framing = ks_test_framing(REACH_FRAMES, sizes[z], 63, false);
             instance inst;
             memset(&inst, 0, sizeof inst);
             inst.subj = &subj;
@@ -1351,7 +1340,7 @@ static void expect_self_check_failure(const instance *inst, const char *needle, 
 Test(pool, stride_counters_and_lifo_order)
 {
     subject subj = builtin_subject("pool");
-    KSALLOCATOR_FRAMING framing = make_framing(10, 100, 63, false);
+    KSALLOCATOR_FRAMING framing = ks_test_framing(10, 100, 63, false);
     instance inst;
     instance_open_ok(&inst, &subj, &framing, NULL, 0);
     cr_assert_eq(counter_value(&inst, "stride_bytes"), 128, "100 bytes at 64-byte alignment");
@@ -1369,7 +1358,7 @@ Test(pool, stride_counters_and_lifo_order)
 Test(pool, tiny_frames_still_hold_the_free_list_link)
 {
     subject subj = builtin_subject("pool");
-    KSALLOCATOR_FRAMING framing = make_framing(5, 1, 0, false);
+    KSALLOCATOR_FRAMING framing = ks_test_framing(5, 1, 0, false);
     instance inst;
     instance_open_ok(&inst, &subj, &framing, NULL, 0);
     cr_assert_geq(counter_value(&inst, "stride_bytes"), sizeof(void *));
@@ -1380,7 +1369,7 @@ Test(pool, tiny_frames_still_hold_the_free_list_link)
 Test(pool, self_check_catches_a_frame_outside_the_block)
 {
     subject subj = builtin_subject("pool");
-    KSALLOCATOR_FRAMING framing = make_framing(4, 64, 7, false);
+    KSALLOCATOR_FRAMING framing = ks_test_framing(4, 64, 7, false);
     instance inst;
     instance_open_ok(&inst, &subj, &framing, NULL, 0);
     static uint64_t foreign[8];
@@ -1392,7 +1381,7 @@ Test(pool, self_check_catches_a_frame_outside_the_block)
 Test(pool, self_check_catches_a_frame_off_the_stride)
 {
     subject subj = builtin_subject("pool");
-    KSALLOCATOR_FRAMING framing = make_framing(4, 64, 7, false);
+    KSALLOCATOR_FRAMING framing = ks_test_framing(4, 64, 7, false);
     instance inst;
     instance_open_ok(&inst, &subj, &framing, NULL, 0);
     char *frame = instance_allocate(&inst);
@@ -1404,7 +1393,7 @@ Test(pool, self_check_catches_a_frame_off_the_stride)
 Test(pool, self_check_catches_a_double_free)
 {
     subject subj = builtin_subject("pool");
-    KSALLOCATOR_FRAMING framing = make_framing(4, 64, 7, false);
+    KSALLOCATOR_FRAMING framing = ks_test_framing(4, 64, 7, false);
     instance inst;
     instance_open_ok(&inst, &subj, &framing, NULL, 0);
     void *frame = instance_allocate(&inst);
@@ -1419,7 +1408,7 @@ Test(pool, self_check_catches_a_double_free)
 Test(pool, frames_never_handed_out_stay_untouched_until_needed)
 {
     subject subj = builtin_subject("pool");
-    KSALLOCATOR_FRAMING framing = make_framing(3, 64, 63, false);
+    KSALLOCATOR_FRAMING framing = ks_test_framing(3, 64, 63, false);
     instance inst;
     instance_open_ok(&inst, &subj, &framing, NULL, 0);
     cr_assert_eq(counter_value(&inst, "untouched_frames"), 3);
@@ -1441,7 +1430,7 @@ Test(pool, frames_never_handed_out_stay_untouched_until_needed)
 Test(pool, self_check_catches_a_free_of_a_frame_never_handed_out)
 {
     subject subj = builtin_subject("pool");
-    KSALLOCATOR_FRAMING framing = make_framing(4, 64, 7, false);
+    KSALLOCATOR_FRAMING framing = ks_test_framing(4, 64, 7, false);
     instance inst;
     instance_open_ok(&inst, &subj, &framing, NULL, 0);
     char *frame = instance_allocate(&inst);
@@ -1454,7 +1443,7 @@ Test(pool, self_check_catches_a_free_of_a_frame_never_handed_out)
 Test(magazine, frames_never_handed_out_stay_untouched_until_needed)
 {
     subject subj = builtin_subject("magazine");
-    KSALLOCATOR_FRAMING framing = make_framing(3, 64, 63, false);
+    KSALLOCATOR_FRAMING framing = ks_test_framing(3, 64, 63, false);
     instance inst;
     instance_open_ok(&inst, &subj, &framing, NULL, 0);
     cr_assert_eq(counter_value(&inst, "untouched_frames"), 3);
@@ -1476,7 +1465,7 @@ Test(magazine, frames_never_handed_out_stay_untouched_until_needed)
 Test(magazine, self_check_catches_a_free_of_a_frame_never_handed_out)
 {
     subject subj = builtin_subject("magazine");
-    KSALLOCATOR_FRAMING framing = make_framing(4, 64, 7, false);
+    KSALLOCATOR_FRAMING framing = ks_test_framing(4, 64, 7, false);
     instance inst;
     instance_open_ok(&inst, &subj, &framing, NULL, 0);
     char *frame = instance_allocate(&inst);
@@ -1488,7 +1477,7 @@ Test(magazine, self_check_catches_a_free_of_a_frame_never_handed_out)
 Test(pool, oversized_pool_is_refused_as_resources)
 {
     subject subj = builtin_subject("pool");
-    KSALLOCATOR_FRAMING framing = make_framing(0xFFFFFFFFu, 1u << 20, 0, false);
+    KSALLOCATOR_FRAMING framing = ks_test_framing(0xFFFFFFFFu, 1u << 20, 0, false);
     instance inst;
     NTSTATUS status = instance_open(&inst, &subj, &framing, NULL, 0);
     cr_assert_eq(status, STATUS_INSUFFICIENT_RESOURCES, "4 G frames of 1 MiB gave %s", ks_status_name(status));
@@ -1499,7 +1488,7 @@ Test(pool, oversized_pool_is_refused_as_resources)
 Test(lookaside, hits_misses_refusals_and_depth)
 {
     subject subj = builtin_subject("lookaside");
-    KSALLOCATOR_FRAMING framing = make_framing(4, 256, 15, false);
+    KSALLOCATOR_FRAMING framing = ks_test_framing(4, 256, 15, false);
     instance inst;
     instance_open_ok(&inst, &subj, &framing, NULL, 0);
     cr_assert_eq(counter_value(&inst, "depth"), 4, "depth is min(Frames, 64)");
@@ -1529,7 +1518,7 @@ Test(lookaside, depth_defaults)
         uint64_t depth;
     } cases[] = {{0, false, 16}, {10, false, 10}, {64, false, 64}, {1000, false, 64}, {100, true, 100}};
     for (size_t index = 0; index < sizeof cases / sizeof cases[0]; index++) {
-        KSALLOCATOR_FRAMING framing = make_framing(cases[index].frames, 64, 0, cases[index].must);
+        KSALLOCATOR_FRAMING framing = ks_test_framing(cases[index].frames, 64, 0, cases[index].must);
         instance inst;
         instance_open_ok(&inst, &subj, &framing, NULL, 0);
         cr_assert_eq(counter_value(&inst, "depth"), cases[index].depth, "%s: depth %llu", inst.label,
@@ -1541,7 +1530,7 @@ Test(lookaside, depth_defaults)
 Test(lookaside, full_list_returns_frames_to_the_heap)
 {
     subject subj = builtin_subject("lookaside");
-    KSALLOCATOR_FRAMING framing = make_framing(0, 128, 0, false); /* unbounded, depth 16 */
+    KSALLOCATOR_FRAMING framing = ks_test_framing(0, 128, 0, false); /* unbounded, depth 16 */
     instance inst;
     instance_open_ok(&inst, &subj, &framing, NULL, 0);
     void *frames[40];
@@ -1557,7 +1546,7 @@ Test(lookaside, full_list_returns_frames_to_the_heap)
 Test(lookaside, must_allocate_prefills_every_promised_frame)
 {
     subject subj = builtin_subject("lookaside");
-    KSALLOCATOR_FRAMING framing = make_framing(8, 4096, 4095, true);
+    KSALLOCATOR_FRAMING framing = ks_test_framing(8, 4096, 4095, true);
     instance inst;
     instance_open_ok(&inst, &subj, &framing, NULL, 0);
     cr_assert_eq(counter_value(&inst, "listed"), 8);
@@ -1574,7 +1563,7 @@ Test(lookaside, must_allocate_prefills_every_promised_frame)
 Test(lookaside, self_check_catches_a_free_of_a_frame_not_live)
 {
     subject subj = builtin_subject("lookaside");
-    KSALLOCATOR_FRAMING framing = make_framing(4, 64, 7, false);
+    KSALLOCATOR_FRAMING framing = ks_test_framing(4, 64, 7, false);
     instance inst;
     instance_open_ok(&inst, &subj, &framing, NULL, 0);
     void *frame = instance_allocate(&inst);
@@ -1604,7 +1593,7 @@ Test(system, frames_come_from_glibc_and_are_released_at_delete)
     subject subj = builtin_subject("system");
     const ULONG sizes[] = {65536, 1u << 20}; /* below and above glibc's mmap threshold */
     for (size_t s = 0; s < 2; s++) {
-        KSALLOCATOR_FRAMING framing = make_framing(0, sizes[s], 4095, false);
+        KSALLOCATOR_FRAMING framing = ks_test_framing(0, sizes[s], 4095, false);
         instance inst;
         instance_open_ok(&inst, &subj, &framing, NULL, 0);
 #if SANITIZER_HEAP
@@ -1638,7 +1627,7 @@ Test(system, control_jemalloc_frames_do_not_touch_glibc)
     size_t before = glibc_bytes_in_use();
     void *block = malloc(1u << 20);
     subject subj = builtin_subject("jemalloc");
-    KSALLOCATOR_FRAMING framing = make_framing(0, 1u << 20, 4095, false);
+    KSALLOCATOR_FRAMING framing = ks_test_framing(0, 1u << 20, 4095, false);
     instance inst;
     instance_open_ok(&inst, &subj, &framing, NULL, 0);
     void *frame = instance_allocate(&inst);
@@ -1655,7 +1644,7 @@ Test(system, control_jemalloc_frames_do_not_touch_glibc)
 Test(system, free_of_a_frame_not_live_is_reported_not_passed_on)
 {
     subject subj = builtin_subject("system");
-    KSALLOCATOR_FRAMING framing = make_framing(0, 64, 0, false);
+    KSALLOCATOR_FRAMING framing = ks_test_framing(0, 64, 0, false);
     instance inst;
     instance_open_ok(&inst, &subj, &framing, NULL, 0);
     void *frame = instance_allocate(&inst);
@@ -1670,7 +1659,7 @@ Test(system, free_of_a_frame_not_live_is_reported_not_passed_on)
 Test(tcmalloc, free_of_a_frame_not_live_is_reported_not_passed_on)
 {
     subject subj = builtin_subject("tcmalloc");
-    KSALLOCATOR_FRAMING framing = make_framing(0, 64, 0, false);
+    KSALLOCATOR_FRAMING framing = ks_test_framing(0, 64, 0, false);
     instance inst;
     instance_open_ok(&inst, &subj, &framing, NULL, 0);
     void *frame = instance_allocate(&inst);
@@ -1743,7 +1732,7 @@ static int compare_pointers(const void *left, const void *right)
 Test(jemalloc, private_instances_have_their_own_arenas)
 {
     subject subj = builtin_subject("jemalloc");
-    KSALLOCATOR_FRAMING framing = make_framing(0, 4096, 63, false);
+    KSALLOCATOR_FRAMING framing = ks_test_framing(0, 4096, 63, false);
     instance first, second;
     instance_open_ok(&first, &subj, &framing, NULL, 0);
     instance_open_ok(&second, &subj, &framing, NULL, 1);
@@ -1764,7 +1753,7 @@ Test(jemalloc, private_instances_have_their_own_arenas)
 Test(jemalloc, an_instance_takes_its_explicit_tcache_after_its_first_allocations)
 {
     subject subj = builtin_subject("jemalloc");
-    KSALLOCATOR_FRAMING framing = make_framing(0, 256, 15, false);
+    KSALLOCATOR_FRAMING framing = ks_test_framing(0, 256, 15, false);
     instance inst;
     instance_open_ok(&inst, &subj, &framing, NULL, 0);
     unsigned arena = (unsigned)counter_value(&inst, "arena");
@@ -1799,7 +1788,7 @@ Test(jemalloc, delete_resets_and_parks_the_private_arena)
 {
     subject subj = builtin_subject("jemalloc");
     ks_jemalloc_idle_trim();
-    KSALLOCATOR_FRAMING large = make_framing(0, 65536, 63, false), small = make_framing(0, 256, 15, false);
+    KSALLOCATOR_FRAMING large = ks_test_framing(0, 65536, 63, false), small = ks_test_framing(0, 256, 15, false);
     instance large_inst, small_inst;
     instance_open_ok(&large_inst, &subj, &large, NULL, 0);
     instance_open_ok(&small_inst, &subj, &small, NULL, 1);
@@ -1831,7 +1820,7 @@ Test(jemalloc, the_next_instance_reuses_a_parked_arena_alone)
 {
     subject subj = builtin_subject("jemalloc");
     ks_jemalloc_idle_trim();
-    KSALLOCATOR_FRAMING framing = make_framing(0, 256, 15, false);
+    KSALLOCATOR_FRAMING framing = ks_test_framing(0, 256, 15, false);
     enum { FRAMES = 3 * JEMALLOC_TCACHE_AFTER_ALLOCS };
     instance first;
     instance_open_ok(&first, &subj, &framing, NULL, 0);
@@ -1873,7 +1862,7 @@ Test(jemalloc, at_most_the_cap_of_arenas_is_parked)
 {
     subject subj = builtin_subject("jemalloc");
     ks_jemalloc_idle_trim();
-    KSALLOCATOR_FRAMING framing = make_framing(0, 4096, 63, false);
+    KSALLOCATOR_FRAMING framing = ks_test_framing(0, 4096, 63, false);
     enum { OPEN = JEMALLOC_IDLE_ARENAS + 4 };
     instance insts[OPEN];
     unsigned arenas[OPEN];
@@ -1904,8 +1893,8 @@ Test(jemalloc, a_parked_arena_keeps_its_pages_up_to_the_byte_cap)
     subject subj = builtin_subject("jemalloc");
     ks_jemalloc_idle_trim();
     const size_t big_frame_bytes = 4u << 20, small_frame_bytes = 64u << 10;
-    KSALLOCATOR_FRAMING big = make_framing(0, (ULONG)big_frame_bytes, 4095, false);
-    KSALLOCATOR_FRAMING small = make_framing(0, (ULONG)small_frame_bytes, 4095, false);
+    KSALLOCATOR_FRAMING big = ks_test_framing(0, (ULONG)big_frame_bytes, 4095, false);
+    KSALLOCATOR_FRAMING small = ks_test_framing(0, (ULONG)small_frame_bytes, 4095, false);
     instance big_inst, small_inst;
     instance_open_ok(&big_inst, &subj, &big, NULL, 0);
     instance_open_ok(&small_inst, &subj, &small, NULL, 1);
@@ -1935,7 +1924,7 @@ Test(jemalloc, a_parked_arena_keeps_its_pages_up_to_the_byte_cap)
 Test(jemalloc, self_check_sees_frames_freed_behind_the_instance)
 {
     subject subj = builtin_subject("jemalloc");
-    KSALLOCATOR_FRAMING framing = make_framing(0, 65536, 63, false);
+    KSALLOCATOR_FRAMING framing = ks_test_framing(0, 65536, 63, false);
     instance inst;
     instance_open_ok(&inst, &subj, &framing, NULL, 0);
     void *frames[4];
@@ -1972,7 +1961,7 @@ static unsigned jemalloc_arena_counter(const instance *inst)
 static void *jemalloc_open_delete_loop(void *arg)
 {
     jemalloc_race *race = arg;
-    KSALLOCATOR_FRAMING framing = make_framing(0, 512, 63, false);
+    KSALLOCATOR_FRAMING framing = ks_test_framing(0, 512, 63, false);
     for (unsigned round = 0; round < JEMALLOC_RACE_ROUNDS && race->failure[0] == '\0'; round++) {
         instance inst;
         NTSTATUS status = instance_open(&inst, race->subj, &framing, NULL, round % 4);
@@ -2023,7 +2012,7 @@ Test(jemalloc, shared_heap_instances_share_one_arena_until_the_last_leaves)
     ks_error err;
     ks_error_clear(&err);
     cr_assert_eq(ks_heap_create("jemalloc-shared", 1u << 20, &heap, &err), STATUS_SUCCESS, "%s", err.message);
-    KSALLOCATOR_FRAMING small = make_framing(0, 256, 15, false), large = make_framing(0, 65536, 4095, false);
+    KSALLOCATOR_FRAMING small = ks_test_framing(0, 256, 15, false), large = ks_test_framing(0, 65536, 4095, false);
     instance first, second;
     instance_open_ok(&first, &subj, &small, heap, 0);
     instance_open_ok(&second, &subj, &large, heap, 1);
@@ -2053,7 +2042,7 @@ Test(jemalloc, free_of_a_frame_not_live_is_reported_on_a_shared_heap)
     ks_error err;
     ks_error_clear(&err);
     cr_assert_eq(ks_heap_create("jemalloc-bad-free", 1u << 20, &heap, &err), STATUS_SUCCESS, "%s", err.message);
-    KSALLOCATOR_FRAMING framing = make_framing(0, 256, 15, false);
+    KSALLOCATOR_FRAMING framing = ks_test_framing(0, 256, 15, false);
     instance inst;
     instance_open_ok(&inst, &subj, &framing, heap, 0);
     void *frame = instance_allocate(&inst);
