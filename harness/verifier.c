@@ -543,18 +543,21 @@ static verifier_instance *instance_record_take(ks_verifier *verifier)
 {
     pthread_mutex_lock(&verifier->lock);
     verifier_instance *inst = verifier->spare_instances;
-    if (inst != NULL)
+    if (inst != NULL) {
         verifier->spare_instances = inst->next_spare;
+        verifier->instances_open++;
+    }
     pthread_mutex_unlock(&verifier->lock);
-    if (inst != NULL)
+    if (inst != NULL) {
         memset(inst, 0, sizeof *inst);
-    else
-        inst = calloc(1, sizeof *inst);
-    if (inst == NULL)
-        return NULL;
-    pthread_mutex_lock(&verifier->lock);
-    verifier->instances_open++;
-    pthread_mutex_unlock(&verifier->lock);
+        return inst;
+    }
+    inst = calloc(1, sizeof *inst);
+    if (inst != NULL) {
+        pthread_mutex_lock(&verifier->lock);
+        verifier->instances_open++;
+        pthread_mutex_unlock(&verifier->lock);
+    }
     return inst;
 }
 
