@@ -187,6 +187,28 @@ Test(dma_rangemap, overlap_queries_match_brute_force)
     ks_rangemap_destroy(&map);
 }
 
+/* Two ranges share the longest span: removing one must leave the search reaching back far
+ * enough for the other (the map counts how many ranges are that long). */
+Test(dma_rangemap, the_longest_span_outlives_one_of_two_equals)
+{
+    ks_rangemap map;
+    ks_rangemap_init(&map);
+    int first, second, shorts[20];
+    cr_assert_eq(ks_rangemap_insert(&map, 0, 1000, &first), STATUS_SUCCESS);
+    cr_assert_eq(ks_rangemap_insert(&map, 10, 1010, &second), STATUS_SUCCESS);
+    for (int i = 0; i < 20; i++)
+        cr_assert_eq(ks_rangemap_insert(&map, 100u + 40u * (uint64_t)i, 105u + 40u * (uint64_t)i, &shorts[i]),
+                     STATUS_SUCCESS);
+    cr_assert(ks_rangemap_remove(&map, 0, &first));
+    size_t k = ks_rangemap_first_overlap(&map, 1005, 1006);
+    cr_assert_lt(k, map.count, "the second long range still overlaps [1005, 1006)");
+    cr_assert_eq(map.items[k].value, &second);
+    cr_assert(ks_rangemap_remove(&map, 10, &second));
+    cr_assert_eq(ks_rangemap_first_overlap(&map, 1005, 1006), map.count, "both long ranges gone");
+    cr_assert_eq(map.max_span, 5u, "the span falls back to the short ranges'");
+    ks_rangemap_destroy(&map);
+}
+
 /* ---- physmem ------------------------------------------------------------------------------- */
 
 static ks_physmem *test_physmem(unsigned high_percent, uint64_t boundary)

@@ -112,7 +112,8 @@ typedef struct ks_rangemap {
     ks_range *items;
     size_t count;
     size_t capacity;
-    uint64_t max_span; /* longest end - start present: bounds the backward search */
+    uint64_t max_span;        /* longest end - start present: bounds the backward search */
+    size_t max_span_count;    /* how many entries are that long */
 } ks_rangemap;
 
 void ks_rangemap_init(ks_rangemap *map);
