@@ -74,7 +74,12 @@ $(FUZZ_LIB): $(FUZZ_LIB_OBJ)
 $(FUZZ_BUILD)/bin/%: $(FUZZ_BUILD)/obj/fuzz/%.o $(FUZZ_HELPER_OBJ) $(FUZZ_LIB)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  LD [fuzz] $@")
-	$(Q)$(FUZZ_LINK) $(FUZZ_LDFLAGS) $(FUZZ_ENGINE) $< $(FUZZ_HELPER_OBJ) $(FUZZ_LIB) $(LIBS) -pthread -o $@
+	$(Q)$(FUZZ_LINK) $(FUZZ_LDFLAGS) $(FUZZ_ENGINE) $(FUZZ_LINK_EXTRA) $< $(FUZZ_HELPER_OBJ) $(FUZZ_LIB) $(LIBS) -pthread -o $@
+
+# fuzz_plugin dlopens a plugin built with coverage: its hooks (and __sancov_lowest_stack, which
+# OSS-Fuzz's stack-depth flag adds) must resolve against the target, which only an ASan build
+# happens to export; -rdynamic exports them in every build.
+$(FUZZ_BUILD)/bin/fuzz_plugin: FUZZ_LINK_EXTRA := -rdynamic
 
 $(FUZZ_BASELINE): fuzz/baseline_malloc.c
 	@mkdir -p $(dir $@)
