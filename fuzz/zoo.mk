@@ -33,8 +33,10 @@ ZOO_SEED ?= 1
 ZOO_SEEDS ?=
 ZOO_RACE_TRIES ?= 1000
 ZOO_CC ?= clang
-# Coverage scoped as in fuzz.mk (fuzz/coverage.ignorelist): the mutant and the product, not the runner.
-ZOO_SANCOV := -fsanitize=fuzzer-no-link -fsanitize-coverage-ignorelist=$(CURDIR)/fuzz/coverage.ignorelist
+# Coverage scoped as in fuzz.mk (fuzz/coverage.ignorelist): the mutant and the product, not the
+# runner; and, as fuzz.mk builds the allocators, edge counters without comparison hooks.
+ZOO_SANCOV := -fsanitize=fuzzer-no-link -fsanitize-coverage-ignorelist=$(CURDIR)/fuzz/coverage.ignorelist \
+              -fno-sanitize-coverage=trace-cmp
 
 ZOO_MUTANT_SRC := $(sort $(wildcard fuzz/mutants/mutant_*.c))
 ZOO_MUTANT_NAMES := $(patsubst fuzz/mutants/%.c,%,$(ZOO_MUTANT_SRC))
