@@ -164,10 +164,39 @@ static void jemalloc_refresh_stats(void)
     (void)mallctl("epoch", &epoch, &epoch_bytes, &epoch, epoch_bytes);
 }
 
-static size_t jemalloc_page_bytes(void)
+/* Names looked up once: jemalloc parses a mallctl name on every call (string compares down its
+ * ctl tree), and the shared-mode self-check asks "arenas.lookup" for every live frame -- under
+ * ASan the intercepted strncmp of that parse was 8% of fuzz_alloc_jemalloc. jemalloc's manual
+ * gives mallctlnametomib + mallctlbymib for repeated queries; "arenas.page" is a constant. */
+static pthread_once_t ctl_once = PTHREAD_ONCE_INIT;
+static size_t ctl_page_bytes = 4096;
+static size_t ctl_lookup_mib[2];
+static size_t ctl_lookup_mib_length; /* 0: the lookup could not be resolved; by name instead */
+
+static void jemalloc_ctl_init(void)
 {
     size_t page_bytes = 0, value_bytes = sizeof page_bytes;
-    return mallctl("arenas.page", &page_bytes, &value_bytes, NULL, 0) == 0 ? page_bytes : 4096;
+    if (mallctl("arenas.page", &page_bytes, &value_bytes, NULL, 0) == 0 && page_bytes != 0)
+        ctl_page_bytes = page_bytes;
+    size_t length = sizeof ctl_lookup_mib / sizeof ctl_lookup_mib[0];
+    if (mallctlnametomib("arenas.lookup", ctl_lookup_mib, &length) == 0)
+        ctl_lookup_mib_length = length;
+}
+
+static size_t jemalloc_page_bytes(void)
+{
+    pthread_once(&ctl_once, jemalloc_ctl_init);
+    return ctl_page_bytes;
+}
+
+/* The arena index that owns frame, through "arenas.lookup"; false if jemalloc does not know it. */
+static bool jemalloc_arena_of(void *frame, unsigned *owner)
+{
+    pthread_once(&ctl_once, jemalloc_ctl_init);
+    size_t owner_bytes = sizeof *owner;
+    if (ctl_lookup_mib_length == 0)
+        return mallctl("arenas.lookup", owner, &owner_bytes, &frame, sizeof frame) == 0;
+    return mallctlbymib(ctl_lookup_mib, ctl_lookup_mib_length, owner, &owner_bytes, &frame, sizeof frame) == 0;
 }
 
 /* ---- Arenas --------------------------------------------------------------------------------- */
@@ -455,9 +484,7 @@ static bool jemalloc_check_tracked(const jemalloc_instance *instance, char *why,
     size_t cursor = 0;
     for (void *frame; (frame = ks_frame_set_next(&instance->live, &cursor)) != NULL;) {
         unsigned owner = UINT_MAX;
-        size_t owner_bytes = sizeof owner;
-        if (mallctl("arenas.lookup", &owner, &owner_bytes, &frame, sizeof frame) != 0 ||
-            owner != instance->arena.index || sallocx(frame, 0) < instance->frame_bytes) {
+        if (!jemalloc_arena_of(frame, &owner) || owner != instance->arena.index || sallocx(frame, 0) < instance->frame_bytes) {
             snprintf(why, why_bytes, "jemalloc: live frame %p belongs to arena %u (expected %u) with %zu bytes",
                      frame, owner, instance->arena.index, sallocx(frame, 0));
             return false;
