@@ -1427,6 +1427,7 @@ static bool decode_device(reader *in, ks_dma_options *options)
     options->ring_entries = RING_ENTRIES;
     options->seed = c2;
     options->max_reports_kept = 1;
+    options->inline_engine = true; /* same outcomes, no thread hand-off per descriptor: device.c */
     return true;
 }
 

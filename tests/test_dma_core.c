@@ -552,6 +552,14 @@ Test(dma_options, parse_and_reject)
     cr_assert_eq(options.bandwidth_bytes_per_s, (uint64_t)1 << 30);
     char described[256];
     cr_assert_not_null(strstr(ks_dma_options_describe(&options, described, sizeof described), "mask=32,coherent=0"));
+    cr_assert(!options.inline_engine, "a device's engine has its own thread unless asked");
+    cr_assert_null(strstr(described, "inline"), "%s", described);
+    cr_assert_eq(ks_dma_options_parse(&options, "inline=1", &err), STATUS_SUCCESS, "%s", err.message);
+    cr_assert(options.inline_engine);
+    cr_assert_not_null(strstr(ks_dma_options_describe(&options, described, sizeof described), ",inline=1"), "%s",
+                       described);
+    cr_assert_eq(ks_dma_options_parse(&options, "inline=sometimes", &err), STATUS_INVALID_PARAMETER);
+    cr_assert_not_null(strstr(err.message, "bad value 'sometimes' for inline"), "%s", err.message);
 
     cr_assert_eq(ks_dma_options_parse(&options, "mask=32,colour=blue", &err), STATUS_INVALID_PARAMETER);
     cr_assert_not_null(strstr(err.message, "unknown key 'colour'"), "%s", err.message);

@@ -520,9 +520,10 @@ static void *submit_many(void *arg)
     return NULL;
 }
 
-Test(dma_device, two_submitting_threads, .timeout = 60)
+/* 300 checksums from each of two threads over their own buffers, on one device. */
+static void two_submitters(const char *spec)
 {
-    ks_dma_device *device = test_device("mask=32,ring=8");
+    ks_dma_device *device = test_device(spec);
     ks_dma_adapter *adapter = ks_dma_device_adapter(device);
     void *cpu[2];
     submitter submitters[2];
@@ -544,4 +545,77 @@ Test(dma_device, two_submitting_threads, .timeout = 60)
     for (int t = 0; t < 2; t++)
         ks_dma_free_coherent(adapter, 2 * PAGE, cpu[t], submitters[t].segment.bus_addr);
     ks_dma_device_destroy(device);
+}
+
+Test(dma_device, two_submitting_threads, .timeout = 60)
+{
+    two_submitters("mask=32,ring=8");
+}
+
+/* ---- the inline engine ------------------------------------------------------------------------ */
+
+/* Inline, the descriptors run between a thread's ring (or wait) and its return: one thread at a
+ * time, in cookie order, whichever thread it is. */
+Test(dma_device, inline_engine_with_two_submitting_threads, .timeout = 60)
+{
+    two_submitters("mask=32,ring=8,inline=1");
+}
+
+static pthread_t ringing_thread;
+static _Atomic unsigned callbacks_elsewhere;
+
+static void log_on_ringing_thread(void *context, const ks_dma_completion *completion)
+{
+    if (!pthread_equal(pthread_self(), ringing_thread))
+        atomic_fetch_add(&callbacks_elsewhere, 1);
+    log_completion(context, completion);
+}
+
+Test(dma_device, inline_engine_runs_at_the_doorbell_on_the_ringing_thread)
+{
+    static fill_scene scene;
+    fill_scene_open(&scene, "mask=32,inline=1,seed=3", 0);
+    scene.fill.callback = log_on_ringing_thread;
+    scene.fill.pattern_seed = 77;
+    fill_scene_submit(&scene, 3);
+    cr_assert_eq(atomic_load(&scene.log.count), 0, "nothing runs before the doorbell");
+    ringing_thread = pthread_self();
+    ks_dma_device_issue_pending(scene.device);
+    cr_assert_eq(atomic_load(&scene.log.count), 3, "the three ran before issue_pending returned");
+    cr_assert_eq(atomic_load(&callbacks_elsewhere), 0, "on the thread that rang");
+    for (int i = 0; i < 3; i++) {
+        cr_assert_eq(scene.log.cookies[i], (uint64_t)i + 1u, "in cookie order");
+        cr_assert_eq(scene.log.results[i], KS_DMA_RESULT_OK);
+    }
+    cr_assert_eq(ks_dma_device_wait(scene.device, scene.cookie, 0, NULL), STATUS_SUCCESS);
+    cr_assert_eq(ks_dma_pattern_check(scene.cpu, PAGE, 77, 0), SIZE_MAX, "the fill landed");
+    /* Submitted, never rung: terminate and stop still complete them, aborted. */
+    fill_scene_submit(&scene, 2);
+    ks_dma_device_terminate_all(scene.device);
+    cr_assert_eq(atomic_load(&scene.log.count), 5);
+    cr_assert_eq(scene.log.results[3], KS_DMA_RESULT_ABORTED);
+    cr_assert_eq(scene.log.results[4], KS_DMA_RESULT_ABORTED);
+    fill_scene_submit(&scene, 1);
+    ks_dma_free_coherent(scene.adapter, PAGE, scene.cpu, scene.bus);
+    ks_dma_device_stop(scene.device);
+    cr_assert_eq(atomic_load(&scene.log.count), 6, "stop completed the last one");
+    cr_assert_eq(scene.log.results[5], KS_DMA_RESULT_ABORTED);
+    ks_dma_device_stats stats;
+    ks_dma_device_get_stats(scene.device, &stats);
+    cr_assert_eq(stats.completed, 6);
+    cr_assert_eq(stats.aborted, 3);
+    cr_assert_eq(stats.engine_sleeps, 0, "no engine thread to sleep");
+    ks_dma_device_destroy(scene.device);
+}
+
+/* Same seed, same faults, stalls and bytes done, whichever engine runs the descriptors. */
+Test(dma_device, inline_engine_draws_the_threaded_engines_faults, .timeout = 60)
+{
+    static fault_run threaded, inlined;
+    run_faulty("mask=32,fault_ppm=400000,stall_ns=100000,seed=42", &threaded);
+    run_faulty("mask=32,fault_ppm=400000,stall_ns=100000,seed=42,inline=1", &inlined);
+    cr_assert_eq(memcmp(threaded.results, inlined.results, sizeof threaded.results), 0, "the same results");
+    cr_assert_eq(memcmp(threaded.bytes, inlined.bytes, sizeof threaded.bytes), 0, "at the same bytes");
+    cr_assert_eq(memcmp(threaded.injected, inlined.injected, sizeof threaded.injected), 0);
+    cr_assert_eq(memcmp(threaded.stalled, inlined.stalled, sizeof threaded.stalled), 0, "the same stalls");
 }

@@ -134,6 +134,7 @@ typedef struct ks_dma_options {
     unsigned fault_kinds;           /* KS_DMA_FAULT_*; 0 = all */
     uint64_t stall_ns;              /* length of an injected stall; 0 = 1 ms */
     uint64_t seed;                  /* fault injection and memory placement */
+    bool inline_engine;             /* run descriptors on the thread that rings or waits: device.c */
     /* The checker. */
     bool checker_off;          /* skip the rules (device accesses are still confined to mappings) */
     uint32_t max_reports_kept; /* 0 = 64; the counts go on */
@@ -149,7 +150,7 @@ void ks_dma_options_init(ks_dma_options *options);
  * 0/1/yes/no/on/off): mask=BITS coherent_mask=BITS coherent=B sg=B iommu=B bounce=B
  * bounce_pool=SIZE max_seg=SIZE max_segs=N align=SIZE boundary=SIZE high=PERCENT
  * high_boundary=SIZE phys_top=SIZE ring=N latency_ns=N bandwidth=SIZE(/s) fault_ppm=N
- * faults=device+iommu+stall|all|none stall_ns=N seed=N checker=B.
+ * faults=device+iommu+stall|all|none stall_ns=N seed=N checker=B inline=B.
  * An unknown key or a bad value is STATUS_INVALID_PARAMETER naming it; options are left as they
  * were up to that item.
  */

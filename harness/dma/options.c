@@ -134,6 +134,7 @@ static const option_key keys[] = {
     KEY("stall_ns", VALUE_SIZE, stall_ns),
     KEY("seed", VALUE_SIZE, seed),
     KEY("checker", VALUE_NOT_BOOL, checker_off),
+    KEY("inline", VALUE_BOOL, inline_engine),
 };
 
 _Static_assert(sizeof(size_t) == sizeof(uint64_t), "VALUE_SIZE stores size_t fields as uint64_t");
@@ -235,10 +236,11 @@ const char *ks_dma_options_describe(const ks_dma_options *options, char *buf, si
     const ks_dma_device_description *device = &options->device;
     snprintf(buf, buf_bytes,
              "mask=%u,coherent=%d,sg=%d,iommu=%d,bounce=%d,max_seg=%" PRIu64 ",max_segs=%u,align=%u,boundary=%" PRIu64
-             ",high=%u,fault_ppm=%u,seed=%" PRIu64,
+             ",high=%u,fault_ppm=%u,seed=%" PRIu64 "%s",
              device->address_bits == 0 ? 64u : device->address_bits, device->coherent, device->scatter_gather,
              options->iommu, !options->no_bounce, device->max_segment_bytes, device->max_segments,
              device->align_bytes == 0 ? 1u : device->align_bytes, device->boundary_bytes,
-             options->high_memory_percent, options->fault_rate_ppm, options->seed);
+             options->high_memory_percent, options->fault_rate_ppm, options->seed,
+             options->inline_engine ? ",inline=1" : "");
     return buf;
 }
