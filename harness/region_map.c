@@ -30,6 +30,7 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -136,20 +137,24 @@ static void *cache_take(size_t mapped_bytes, size_t align_bytes)
     return found;
 }
 
-void *ks_region_map_aligned(size_t bytes, size_t align_bytes)
+/* A region of at least bytes, aligned; *reused tells whether it came from the cache (and so
+ * holds what its last user wrote) or is a fresh mapping (zero). */
+static void *region_map(size_t bytes, size_t align_bytes, bool *reused)
 {
+    *reused = false;
     size_t page_bytes = page_size_bytes();
     if (align_bytes < page_bytes)
         align_bytes = page_bytes;
     size_t mapped_bytes = ks_region_mapping_bytes(bytes);
     if (mapped_bytes <= KS_REGION_CACHE_MAX_BYTES) {
-        void *reused = cache_take(mapped_bytes, align_bytes);
-        if (reused != NULL) {
-            if (region_protect(reused, page_round(bytes), mapped_bytes, true)) {
-                REGION_MARK_UNINITIALISED(reused, mapped_bytes);
-                return reused;
+        void *cached = cache_take(mapped_bytes, align_bytes);
+        if (cached != NULL) {
+            if (region_protect(cached, page_round(bytes), mapped_bytes, true)) {
+                REGION_MARK_UNINITIALISED(cached, mapped_bytes);
+                *reused = true;
+                return cached;
             }
-            region_release(reused, mapped_bytes); /* cannot happen short of ENOMEM; map afresh */
+            region_release(cached, mapped_bytes); /* cannot happen short of ENOMEM; map afresh */
         }
     }
     size_t extra_bytes = align_bytes - page_bytes;
@@ -167,6 +172,21 @@ void *ks_region_map_aligned(size_t bytes, size_t align_bytes)
     if (raw_end > start + mapped_bytes)
         munmap((void *)(start + mapped_bytes), raw_end - (start + mapped_bytes));
     return (void *)start;
+}
+
+void *ks_region_map_aligned(size_t bytes, size_t align_bytes)
+{
+    bool reused;
+    return region_map(bytes, align_bytes, &reused);
+}
+
+void *ks_region_map_zeroed(size_t bytes, size_t align_bytes)
+{
+    bool reused;
+    void *region = region_map(bytes, align_bytes, &reused);
+    if (region != NULL && reused)
+        memset(region, 0, bytes);
+    return region;
 }
 
 void ks_region_unmap(void *region, size_t bytes)

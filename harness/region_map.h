@@ -39,9 +39,15 @@
  * with the same bytes. Thread-safe. */
 void *ks_region_map_aligned(size_t bytes, size_t align_bytes);
 
-/* Gives back a region from ks_region_map_aligned (bytes as passed to it; NULL is ignored). A
- * region within KS_REGION_CACHE_MAX_BYTES is made inaccessible and cached; a larger one, or one
- * the cache evicts, is unmapped. Thread-safe. */
+/* As ks_region_map_aligned, but the first bytes read as zero, as a fresh mapping's do: a region
+ * reused from the cache is cleared (a memset; no page faults for the pages its last user
+ * touched), a fresh mapping is left as the system gives it (zero, committed when touched).
+ * Give it back with ks_region_unmap. Thread-safe. */
+void *ks_region_map_zeroed(size_t bytes, size_t align_bytes);
+
+/* Gives back a region from ks_region_map_aligned or ks_region_map_zeroed (bytes as passed to it;
+ * NULL is ignored). A region within KS_REGION_CACHE_MAX_BYTES is made inaccessible and cached; a
+ * larger one, or one the cache evicts, is unmapped. Thread-safe. */
 void ks_region_unmap(void *region, size_t bytes);
 
 /* The size a request of bytes is mapped at: pages, and up to KS_REGION_CACHE_MAX_BYTES the next

@@ -55,6 +55,24 @@ Test(region, a_region_given_back_is_reused_by_the_next_request_of_its_class)
     ks_region_unmap(second, 7 * page_bytes());
 }
 
+/* ks_region_map_zeroed: a reused region is cleared to what was asked, as a fresh one reads. */
+Test(region, a_zeroed_region_reads_as_zero_fresh_or_reused)
+{
+    size_t bytes = 5 * page_bytes() + 100;
+    unsigned char *fresh = ks_region_map_zeroed(bytes, page_bytes());
+    cr_assert_not_null(fresh);
+    for (size_t offset = 0; offset < bytes; offset += 97)
+        cr_assert_eq(fresh[offset], 0, "fresh, offset %zu", offset);
+    memset(fresh, 0x5A, bytes);
+    ks_region_unmap(fresh, bytes);
+    unsigned char *reused = ks_region_map_zeroed(bytes, page_bytes());
+    cr_assert_eq(reused, fresh, "the cached region comes back");
+    for (size_t offset = 0; offset < bytes; offset++)
+        if (reused[offset] != 0)
+            cr_assert_fail("reused, offset %zu holds 0x%02x", offset, reused[offset]);
+    ks_region_unmap(reused, bytes);
+}
+
 Test(region, a_cached_region_is_not_handed_out_at_a_larger_alignment_it_lacks)
 {
     unsigned char *regions[8];

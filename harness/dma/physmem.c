@@ -10,8 +10,8 @@
  * scatter/gather list really is scattered. Page 0 is never handed out, so bus address 0 is never
  * valid.
  *
- * Two ways in: ks_physmem_alloc takes whole host pages (heap or mmap) and gives them physical
- * addresses (common buffers, bounce pools, the pages of dma_sg frames); ks_physmem_pin gives
+ * Two ways in: ks_physmem_alloc takes whole host pages (a heap block or a region) and gives them
+ * physical addresses (common buffers, bounce pools, the pages of dma_sg frames); ks_physmem_pin gives
  * addresses to memory the caller owns (a frame of any allocator mapped with map_single), one
  * physical run per run of pages not known yet, as a kernel buffer would be physically contiguous.
  * Every page carries a pin count (the owning allocation's pin plus one per mapping); a page is
@@ -30,9 +30,9 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 
 #include "dma_internal.h"
+#include "region_map.h"
 
 #define INDEX_INITIAL_SLOTS 64u
 #define HOST_HEAP_MAX_BYTES ((size_t)64 << 10)
@@ -46,9 +46,9 @@
 _Static_assert(KS_DMA_PAGE_BYTES == 4096u, "physmem models 4 KiB pages");
 
 struct ks_phys_alloc {
-    void *host_base;   /* what the heap or mmap returned */
+    void *host_base;   /* what the heap or the region map returned */
     size_t host_bytes; /* how much of it */
-    bool host_mapped;  /* mmap (large), else the heap */
+    bool host_mapped;  /* a region (large), else a heap block */
     uint64_t pages_live; /* records not released yet */
     bool owner_live;     /* ks_physmem_free not called yet */
     ks_phys_alloc *prev, *next;
@@ -359,14 +359,19 @@ void ks_physmem_shadow_free(ks_physmem *physmem, void *ram)
         block_retire(physmem, ram, 1);
 }
 
-/* Small allocations are blocks (above); large ones are mapped. Every munmap is a TLB shootdown,
- * which on a paravirtualised host costs more than the rest of a short fuzz input, so the common
- * case -- a common buffer or pool page of a few pages -- avoids it: a block starts and ends on
- * page boundaries (no other allocation shares its pages) and is zeroed here. Above
- * HOST_HEAP_MAX_BYTES zeroing every page would cost more than the unmap (a 1 MiB frame's pages are
- * mostly never touched), so mmap's lazily zeroed pages win. A CPU use after free of a block is
- * caught under ASan (it is poisoned, and not reused while quarantined); in a release build only a
- * mapped allocation catches it (SIGSEGV) -- and neither ever did for a page still pinned. */
+/* Small allocations are blocks (above); large ones are regions (harness/region_map.c). Every
+ * munmap is a TLB shootdown, which on a paravirtualised host costs more than the rest of a short
+ * fuzz input, so the common case -- a common buffer or pool page of a few pages -- avoids it: a
+ * block starts and ends on page boundaries (no other allocation shares its pages) and is zeroed
+ * here. Above HOST_HEAP_MAX_BYTES the memory is a region, zero as a fresh mapping is: a region
+ * the cache hands back again is cleared with a memset, which costs less than faulting its pages
+ * in afresh -- dma_sg maps every page of its block at initialisation, and on a non-coherent device
+ * the cache model reads each one, so a fresh mapping cost a fault per page per fuzz input (43% of
+ * fuzz_alloc_dma_sg's page faults) -- while a region too large to cache is a fresh mapping whose
+ * untouched pages cost nothing. A CPU use after free is caught under ASan (blocks and cached
+ * regions are poisoned; a block is not reused while quarantined); in a release build a cached or
+ * unmapped region faults (SIGSEGV), a block does not -- and neither ever did for a page still
+ * pinned. */
 static void *host_pages_alloc(size_t bytes, size_t align_bytes, ks_phys_alloc *alloc)
 {
     uint64_t pages = bytes >> KS_DMA_PAGE_SHIFT;
@@ -378,18 +383,16 @@ static void *host_pages_alloc(size_t bytes, size_t align_bytes, ks_phys_alloc *a
             memset(alloc->host_base, 0, bytes);
         return alloc->host_base;
     }
-    alloc->host_bytes = bytes + align_bytes - KS_DMA_PAGE_BYTES;
+    alloc->host_bytes = bytes;
     alloc->host_mapped = true;
-    alloc->host_base = mmap(NULL, alloc->host_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (alloc->host_base == MAP_FAILED)
-        return NULL;
-    return (void *)(uintptr_t)ks_dma_align_up((uintptr_t)alloc->host_base, align_bytes);
+    alloc->host_base = ks_region_map_zeroed(bytes, align_bytes);
+    return alloc->host_base;
 }
 
 static void host_pages_free(ks_physmem *physmem, ks_phys_alloc *alloc)
 {
     if (alloc->host_mapped)
-        munmap(alloc->host_base, alloc->host_bytes);
+        ks_region_unmap(alloc->host_base, alloc->host_bytes);
     else
         block_retire(physmem, alloc->host_base, alloc->host_bytes >> KS_DMA_PAGE_SHIFT);
 }
