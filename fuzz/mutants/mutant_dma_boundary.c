@@ -110,8 +110,15 @@ static NTSTATUS boundary_initialize(PVOID initial_context, PKSALLOCATOR_FRAMING 
     pool->frames = framing->Frames;
     size_t stride = align_up(pool->frame_bytes, align);
     pool->bytes = stride * pool->frames;
-    if (pool->boundary != 0)
-        pool->bytes += (pool->bytes / pool->boundary + 1u) * stride; /* what skipping boundaries costs */
+    if (pool->boundary != 0) {
+        /* A boundary window holds at least boundary / stride frames (one at the least: a frame is
+         * no larger than the boundary), and the buffer need not start on a boundary: one window
+         * more. (An estimate of one stride per boundary crossed fell short -- 2,100-byte frames
+         * on a 4 KiB boundary waste nearly half of each window -- and the fixed build returned
+         * NULL with capacity promised: make zoo-control caught it.) */
+        uint64_t per_window = pool->boundary / stride != 0 ? pool->boundary / stride : 1u;
+        pool->bytes = (size_t)(((pool->frames + per_window - 1u) / per_window + 1u) * pool->boundary);
+    }
     pool->bytes = align_up(pool->bytes, 4096u);
     pool->frame = calloc(pool->frames, sizeof *pool->frame);
     pool->free_stack = calloc(pool->frames, sizeof *pool->free_stack);
