@@ -138,15 +138,15 @@ static void *cache_take(size_t mapped_bytes, size_t align_bytes)
 }
 
 /* A region of at least bytes, aligned; *reused tells whether it came from the cache (and so
- * holds what its last user wrote) or is a fresh mapping (zero). */
-static void *region_map(size_t bytes, size_t align_bytes, bool *reused)
+ * holds what its last user wrote) or is a fresh mapping (zero). may_reuse false: always fresh. */
+static void *region_map(size_t bytes, size_t align_bytes, bool may_reuse, bool *reused)
 {
     *reused = false;
     size_t page_bytes = page_size_bytes();
     if (align_bytes < page_bytes)
         align_bytes = page_bytes;
     size_t mapped_bytes = ks_region_mapping_bytes(bytes);
-    if (mapped_bytes <= KS_REGION_CACHE_MAX_BYTES) {
+    if (may_reuse && mapped_bytes <= KS_REGION_CACHE_MAX_BYTES) {
         void *cached = cache_take(mapped_bytes, align_bytes);
         if (cached != NULL) {
             if (region_protect(cached, page_round(bytes), mapped_bytes, true)) {
@@ -177,15 +177,50 @@ static void *region_map(size_t bytes, size_t align_bytes, bool *reused)
 void *ks_region_map_aligned(size_t bytes, size_t align_bytes)
 {
     bool reused;
-    return region_map(bytes, align_bytes, &reused);
+    return region_map(bytes, align_bytes, true, &reused);
+}
+
+/* Makes [start, start + bytes) of a reused region read as zero, paying for the pages its last
+ * user touched only. mincore tells which pages are resident: those are cleared with memset (no
+ * fault: they are in memory). A page that is not resident either was never touched, and reads as
+ * zero already, or was swapped out with its data, so each run of them is dropped with
+ * MADV_DONTNEED, after which it too reads as zero (a private anonymous mapping's contract). Both
+ * are exact, so the result never depends on what the previous user did. If mincore fails, the
+ * whole range is cleared. */
+static void region_clear(void *start, size_t bytes)
+{
+    enum { CHUNK_PAGES = 512 };
+    unsigned char resident[CHUNK_PAGES];
+    size_t page_bytes = page_size_bytes();
+    unsigned char *base = start;
+    size_t pages = page_round(bytes) / page_bytes;
+    for (size_t first = 0; first < pages; first += CHUNK_PAGES) {
+        size_t count = pages - first < CHUNK_PAGES ? pages - first : CHUNK_PAGES;
+        unsigned char *chunk = base + first * page_bytes;
+        size_t chunk_bytes = first + count == pages ? bytes - first * page_bytes : count * page_bytes;
+        if (mincore(chunk, count * page_bytes, resident) != 0) {
+            memset(chunk, 0, chunk_bytes);
+            continue;
+        }
+        for (size_t run = 0; run < count;) {
+            bool in_core = (resident[run] & 1u) != 0;
+            size_t end = run + 1;
+            while (end < count && ((resident[end] & 1u) != 0) == in_core)
+                end++;
+            size_t run_bytes = (end == count ? chunk_bytes : end * page_bytes) - run * page_bytes;
+            if (in_core || madvise(chunk + run * page_bytes, page_round(run_bytes), MADV_DONTNEED) != 0)
+                memset(chunk + run * page_bytes, 0, run_bytes);
+            run = end;
+        }
+    }
 }
 
 void *ks_region_map_zeroed(size_t bytes, size_t align_bytes)
 {
     bool reused;
-    void *region = region_map(bytes, align_bytes, &reused);
+    void *region = region_map(bytes, align_bytes, true, &reused);
     if (region != NULL && reused)
-        memset(region, 0, bytes);
+        region_clear(region, bytes);
     return region;
 }
 

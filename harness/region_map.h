@@ -39,10 +39,12 @@
  * with the same bytes. Thread-safe. */
 void *ks_region_map_aligned(size_t bytes, size_t align_bytes);
 
-/* As ks_region_map_aligned, but the first bytes read as zero, as a fresh mapping's do: a region
- * reused from the cache is cleared (a memset; no page faults for the pages its last user
- * touched), a fresh mapping is left as the system gives it (zero, committed when touched).
- * Give it back with ks_region_unmap. Thread-safe. */
+/* As ks_region_map_aligned, but the first bytes read as zero, as a fresh mapping's do. A fresh
+ * mapping is left as the system gives it (zero, committed when touched); a region reused from
+ * the cache has the pages its last user touched cleared (memset: resident, so no page faults) and
+ * the rest left untouched, so the cost follows what the last user touched, not the region's size
+ * (clearing all of a 4 MiB common buffer of which an input used a few frames was 55% of the bug
+ * zoo's mutant_dma_boundary run). Give it back with ks_region_unmap. Thread-safe. */
 void *ks_region_map_zeroed(size_t bytes, size_t align_bytes);
 
 /* Gives back a region from ks_region_map_aligned or ks_region_map_zeroed (bytes as passed to it;

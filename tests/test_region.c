@@ -73,6 +73,27 @@ Test(region, a_zeroed_region_reads_as_zero_fresh_or_reused)
     ks_region_unmap(reused, bytes);
 }
 
+/* A reused region whose last user touched scattered pages (resident runs between untouched ones,
+ * the partial last page among them): every byte reads as zero again. */
+Test(region, a_zeroed_region_clears_scattered_pages_its_last_user_wrote)
+{
+    size_t page = page_bytes(), bytes = 40 * page + 123;
+    static const unsigned touched[] = {0, 5, 6, 7, 20, 39, 40};
+    unsigned char *first = ks_region_map_zeroed(bytes, page);
+    cr_assert_not_null(first);
+    for (size_t i = 0; i < sizeof touched / sizeof touched[0]; i++) {
+        size_t at = touched[i] * page, length = at + page <= bytes ? page : bytes - at;
+        memset(first + at, 0x77, length);
+    }
+    ks_region_unmap(first, bytes);
+    unsigned char *again = ks_region_map_zeroed(bytes, page);
+    cr_assert_eq(again, first, "the cached region comes back");
+    for (size_t offset = 0; offset < bytes; offset++)
+        if (again[offset] != 0)
+            cr_assert_fail("page %zu, offset %zu holds 0x%02x", offset / page, offset % page, again[offset]);
+    ks_region_unmap(again, bytes);
+}
+
 Test(region, a_cached_region_is_not_handed_out_at_a_larger_alignment_it_lacks)
 {
     unsigned char *regions[8];

@@ -80,11 +80,12 @@ static void result_take_faults(ks_zoo_result *result, const ks_verifier *verifie
 
 /* ---- DMA: the zoo's devices and DMA faults ------------------------------------------------------ */
 
-/* Devices the decoder's table does not have: no scatter/gather, a boundary (see zoo_run.h). */
+/* Devices the decoder's table does not have: no scatter/gather, a boundary (see zoo_run.h). Like
+ * the decoder's, they run descriptors inline (harness/dma/device.c). */
 static const char *const zoo_dma_devices[3] = {
-    "mask=32,boundary=8K",
-    "mask=32,coherent=0,boundary=4K",
-    "mask=32,iommu=1,boundary=64K",
+    "mask=32,boundary=8K,inline=1",
+    "mask=32,coherent=0,boundary=4K,inline=1",
+    "mask=32,iommu=1,boundary=64K,inline=1",
 };
 
 static void zoo_pick_device(ks_byte_reader *reader, ks_workload_config *config)

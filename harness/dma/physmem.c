@@ -10,7 +10,7 @@
  * scatter/gather list really is scattered. Page 0 is never handed out, so bus address 0 is never
  * valid.
  *
- * Two ways in: ks_physmem_alloc takes whole host pages (a heap block or a region) and gives them
+ * Two ways in: ks_physmem_alloc takes whole host pages (a heap block or a mapping) and gives them
  * physical addresses (common buffers, bounce pools, the pages of dma_sg frames); ks_physmem_pin gives
  * addresses to memory the caller owns (a frame of any allocator mapped with map_single), one
  * physical run per run of pages not known yet, as a kernel buffer would be physically contiguous.
@@ -30,6 +30,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "dma_internal.h"
 #include "region_map.h"
@@ -46,9 +47,9 @@
 _Static_assert(KS_DMA_PAGE_BYTES == 4096u, "physmem models 4 KiB pages");
 
 struct ks_phys_alloc {
-    void *host_base;   /* what the heap or the region map returned */
+    void *host_base;   /* what the heap, the region cache or mmap returned */
     size_t host_bytes; /* how much of it */
-    bool host_mapped;  /* a region (large), else a heap block */
+    bool host_mapped;  /* a region or a mapping (large), else a heap block */
     uint64_t pages_live; /* records not released yet */
     bool owner_live;     /* ks_physmem_free not called yet */
     ks_phys_alloc *prev, *next;
@@ -359,19 +360,28 @@ void ks_physmem_shadow_free(ks_physmem *physmem, void *ram)
         block_retire(physmem, ram, 1);
 }
 
-/* Small allocations are blocks (above); large ones are regions (harness/region_map.c). Every
- * munmap is a TLB shootdown, which on a paravirtualised host costs more than the rest of a short
- * fuzz input, so the common case -- a common buffer or pool page of a few pages -- avoids it: a
- * block starts and ends on page boundaries (no other allocation shares its pages) and is zeroed
- * here. Above HOST_HEAP_MAX_BYTES the memory is a region, zero as a fresh mapping is: a region
- * the cache hands back again is cleared with a memset, which costs less than faulting its pages
- * in afresh -- dma_sg maps every page of its block at initialisation, and on a non-coherent device
- * the cache model reads each one, so a fresh mapping cost a fault per page per fuzz input (43% of
- * fuzz_alloc_dma_sg's page faults) -- while a region too large to cache is a fresh mapping whose
- * untouched pages cost nothing. A CPU use after free is caught under ASan (blocks and cached
- * regions are poisoned; a block is not reused while quarantined); in a release build a cached or
- * unmapped region faults (SIGSEGV), a block does not -- and neither ever did for a page still
+/* Small allocations are blocks (above); large ones are mapped. Every munmap is a TLB shootdown,
+ * which on a paravirtualised host costs more than the rest of a short fuzz input, so the common
+ * case -- a common buffer or pool page of a few pages -- avoids it: a block starts and ends on
+ * page boundaries (no other allocation shares its pages) and is zeroed here. Above
+ * HOST_HEAP_MAX_BYTES the memory reads as zero as a fresh mapping does, and where it comes from
+ * depends on the build. Under ASan it is a region from harness/region_map.c's cache, which parks
+ * a region by poisoning it (no system call) and clears, when it hands one back, only the pages
+ * its last user touched (ks_region_map_zeroed): dma_sg maps every page of its block at
+ * initialisation and on a non-coherent device the cache model reads each one, so a fresh mapping
+ * cost a fault per page per fuzz input (43% of fuzz_alloc_dma_sg's page faults). Without ASan the
+ * cache parks a region PROT_NONE, two TLB shootdowns a cycle where a fresh mapping costs one, and
+ * that lost: the bug zoo's mutant_dma_boundary ran at 4,800 inputs/s on cached regions and
+ * 6,300 on fresh mappings. A CPU use after free is caught under ASan (blocks and cached regions
+ * are poisoned; a block is not reused while quarantined); in a release build an unmapped
+ * allocation faults (SIGSEGV), a block does not -- and neither ever did for a page still
  * pinned. */
+#ifdef KS_PHYSMEM_ASAN
+#define HOST_REGIONS_CACHED true
+#else
+#define HOST_REGIONS_CACHED false
+#endif
+
 static void *host_pages_alloc(size_t bytes, size_t align_bytes, ks_phys_alloc *alloc)
 {
     uint64_t pages = bytes >> KS_DMA_PAGE_SHIFT;
@@ -383,16 +393,25 @@ static void *host_pages_alloc(size_t bytes, size_t align_bytes, ks_phys_alloc *a
             memset(alloc->host_base, 0, bytes);
         return alloc->host_base;
     }
-    alloc->host_bytes = bytes;
     alloc->host_mapped = true;
-    alloc->host_base = ks_region_map_zeroed(bytes, align_bytes);
-    return alloc->host_base;
+    if (HOST_REGIONS_CACHED) {
+        alloc->host_bytes = bytes;
+        alloc->host_base = ks_region_map_zeroed(bytes, align_bytes);
+        return alloc->host_base;
+    }
+    alloc->host_bytes = bytes + align_bytes - KS_DMA_PAGE_BYTES;
+    alloc->host_base = mmap(NULL, alloc->host_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (alloc->host_base == MAP_FAILED)
+        return NULL;
+    return (void *)(uintptr_t)ks_dma_align_up((uintptr_t)alloc->host_base, align_bytes);
 }
 
 static void host_pages_free(ks_physmem *physmem, ks_phys_alloc *alloc)
 {
-    if (alloc->host_mapped)
+    if (alloc->host_mapped && HOST_REGIONS_CACHED)
         ks_region_unmap(alloc->host_base, alloc->host_bytes);
+    else if (alloc->host_mapped)
+        munmap(alloc->host_base, alloc->host_bytes);
     else
         block_retire(physmem, alloc->host_base, alloc->host_bytes >> KS_DMA_PAGE_SHIFT);
 }
