@@ -608,6 +608,59 @@ Test(dma_device, inline_engine_runs_at_the_doorbell_on_the_ringing_thread)
     ks_dma_device_destroy(scene.device);
 }
 
+/* Callbacks that ring devices nest on one thread: A's callback rings B, whose callback rings A
+ * again. Each ring runs what it can at once; the nested ring of A, already running on this
+ * thread, only publishes and the outer loop runs it. */
+typedef struct ping {
+    ks_dma_device *device[2];
+    fill_scene *scene[2];
+    unsigned rung[2];
+    completion_log log;
+} ping;
+
+static void ping_other(void *context, const ks_dma_completion *completion)
+{
+    ping *p = context;
+    log_completion(&p->log, completion);
+    unsigned count = atomic_load(&p->log.count);
+    if (count > 3)
+        return;
+    unsigned to = count % 2u; /* completions alternate A (count 1), B (2), A (3) */
+    uint64_t cookie;
+    ks_dma_descriptor fill = p->scene[to]->fill;
+    fill.callback = ping_other;
+    fill.context = p;
+    if (ks_dma_device_submit(p->device[to], &fill, &cookie, NULL) == STATUS_SUCCESS) {
+        p->rung[to]++;
+        ks_dma_device_issue_pending(p->device[to]);
+    }
+}
+
+Test(dma_device, inline_engine_callbacks_ringing_devices_nest, .timeout = 30)
+{
+    static fill_scene a, b;
+    static ping p;
+    fill_scene_open(&a, "mask=32,inline=1", 0);
+    fill_scene_open(&b, "mask=32,inline=1", 0);
+    p = (ping){.device = {a.device, b.device}, .scene = {&a, &b}};
+    ks_dma_descriptor first = a.fill;
+    first.callback = ping_other;
+    first.context = &p;
+    uint64_t cookie;
+    cr_assert_eq(ks_dma_device_submit(a.device, &first, &cookie, NULL), STATUS_SUCCESS);
+    ks_dma_device_issue_pending(a.device);
+    cr_assert_eq(atomic_load(&p.log.count), 4, "A, then B from A's callback, then A again, then B");
+    cr_assert_eq(p.rung[0] + p.rung[1], 3);
+    cr_assert_eq(ks_dma_device_wait(a.device, 2, 0, NULL), STATUS_SUCCESS);
+    for (int i = 0; i < 4; i++)
+        cr_assert_eq(p.log.results[i], KS_DMA_RESULT_OK);
+    fill_scene *scenes[2] = {&a, &b};
+    for (int i = 0; i < 2; i++) {
+        ks_dma_free_coherent(scenes[i]->adapter, PAGE, scenes[i]->cpu, scenes[i]->bus);
+        ks_dma_device_destroy(scenes[i]->device);
+    }
+}
+
 /* Same seed, same faults, stalls and bytes done, whichever engine runs the descriptors. */
 Test(dma_device, inline_engine_draws_the_threaded_engines_faults, .timeout = 60)
 {

@@ -118,7 +118,8 @@ struct ks_dma_device {
     pthread_mutex_t fault_lock;
     ks_dma_device_fault faults[FAULTS_KEPT];
     uint64_t fault_count;
-    pthread_mutex_t inline_lock; /* inline engine: held by the thread running descriptors */
+    pthread_mutex_t inline_lock;        /* inline engine: held by the thread running descriptors */
+    _Atomic(const void *) inline_owner; /* that thread's inline_thread_token, NULL when none */
 };
 
 uint64_t ks_dma_now_ns(void)
@@ -461,20 +462,21 @@ static void *engine_main(void *arg)
 
 /* ---- the inline engine --------------------------------------------------------------------- */
 
-/* The device whose descriptors this thread is running, so that a callback that rings the
- * doorbell again only publishes: the loop below picks the new cookies up. */
-static _Thread_local ks_dma_device *inline_running;
+/* A per-thread address that names the thread running a device's descriptors (inline_owner), so
+ * that a callback ringing the same device again only publishes -- the loop below picks the new
+ * cookies up -- even when callbacks of several devices nest on one thread. */
+static _Thread_local char inline_thread_token;
 
 /* Runs every issued cookie not yet complete, in order, on the calling thread. */
 static void inline_drain(ks_dma_device *device)
 {
-    if (inline_running == device)
+    if (atomic_load(&device->inline_owner) == &inline_thread_token)
         return;
     pthread_mutex_lock(&device->inline_lock);
-    inline_running = device;
+    atomic_store(&device->inline_owner, &inline_thread_token);
     for (uint64_t next = atomic_load(&device->completed) + 1u; next <= atomic_load(&device->issued); next++)
         complete_next(device, next);
-    inline_running = NULL;
+    atomic_store(&device->inline_owner, NULL);
     pthread_mutex_unlock(&device->inline_lock);
 }
 
@@ -674,6 +676,7 @@ NTSTATUS ks_dma_device_create(const ks_dma_options *options, ks_dma_device **out
     device->stall_ns = options->stall_ns == 0 ? DEFAULT_STALL_NS : options->stall_ns;
     device->random_state = options->seed ^ 0xD1B54A32D192ED03ull;
     atomic_init(&device->wake_at, UINT64_MAX);
+    atomic_init(&device->inline_owner, NULL);
     NTSTATUS status = make_ring(device, options->ring_entries, err);
     if (NT_SUCCESS(status))
         status = ks_dma_adapter_create(options, &device->adapter, err);
