@@ -138,15 +138,15 @@ static void *cache_take(size_t mapped_bytes, size_t align_bytes)
 }
 
 /* A region of at least bytes, aligned; *reused tells whether it came from the cache (and so
- * holds what its last user wrote) or is a fresh mapping (zero). may_reuse false: always fresh. */
-static void *region_map(size_t bytes, size_t align_bytes, bool may_reuse, bool *reused)
+ * holds what its last user wrote) or is a fresh mapping (zero). */
+static void *region_map(size_t bytes, size_t align_bytes, bool *reused)
 {
     *reused = false;
     size_t page_bytes = page_size_bytes();
     if (align_bytes < page_bytes)
         align_bytes = page_bytes;
     size_t mapped_bytes = ks_region_mapping_bytes(bytes);
-    if (may_reuse && mapped_bytes <= KS_REGION_CACHE_MAX_BYTES) {
+    if (mapped_bytes <= KS_REGION_CACHE_MAX_BYTES) {
         void *cached = cache_take(mapped_bytes, align_bytes);
         if (cached != NULL) {
             if (region_protect(cached, page_round(bytes), mapped_bytes, true)) {
@@ -177,7 +177,7 @@ static void *region_map(size_t bytes, size_t align_bytes, bool may_reuse, bool *
 void *ks_region_map_aligned(size_t bytes, size_t align_bytes)
 {
     bool reused;
-    return region_map(bytes, align_bytes, true, &reused);
+    return region_map(bytes, align_bytes, &reused);
 }
 
 /* Makes [start, start + bytes) of a reused region read as zero, paying for the pages its last
@@ -218,7 +218,7 @@ static void region_clear(void *start, size_t bytes)
 void *ks_region_map_zeroed(size_t bytes, size_t align_bytes)
 {
     bool reused;
-    void *region = region_map(bytes, align_bytes, true, &reused);
+    void *region = region_map(bytes, align_bytes, &reused);
     if (region != NULL && reused)
         region_clear(region, bytes);
     return region;

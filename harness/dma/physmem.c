@@ -372,7 +372,7 @@ void ks_physmem_shadow_free(ks_physmem *physmem, void *ram)
  * cost a fault per page per fuzz input (43% of fuzz_alloc_dma_sg's page faults). Without ASan the
  * cache parks a region PROT_NONE, two TLB shootdowns a cycle where a fresh mapping costs one, and
  * that lost: the bug zoo's mutant_dma_boundary ran at 4,800 inputs/s on cached regions and
- * 6,300 on fresh mappings. A CPU use after free is caught under ASan (blocks and cached regions
+ * 5,400-5,700 on fresh mappings. A CPU use after free is caught under ASan (blocks and cached regions
  * are poisoned; a block is not reused while quarantined); in a release build an unmapped
  * allocation faults (SIGSEGV), a block does not -- and neither ever did for a page still
  * pinned. */
