@@ -594,8 +594,8 @@ static bool engine_reserve(ks_dma_device *device)
 /* Starts the engine on the reserved worker, once. submit_lock held. */
 static void engine_hand_off(ks_dma_device *device)
 {
-    if (device->engine_handed)
-        return;
+    if (device->options.inline_engine || device->engine_handed)
+        return; /* inline: no worker; inline_drain runs what the caller's thread rang */
     device->engine_handed = true;
     pthread_mutex_lock(&pool_lock);
     device->engine_running = true;
@@ -710,7 +710,7 @@ void ks_dma_device_stop(ks_dma_device *device)
     if (first) {
         atomic_store(&device->abort_upto, prepared);
         atomic_store(&device->issued, prepared);
-        if (prepared > 0 && !device->options.inline_engine)
+        if (prepared > 0)
             engine_hand_off(device); /* submitted, never issued: the engine completes them as aborted */
     }
     bool handed = device->engine_handed;
@@ -858,11 +858,11 @@ void ks_dma_device_issue_pending(ks_dma_device *device)
     pthread_mutex_lock(&device->submit_lock);
     uint64_t prepared = atomic_load_explicit(&device->prepared, memory_order_relaxed);
     atomic_store(&device->issued, prepared);
-    bool run_inline = device->options.inline_engine && prepared > 0 && !device->stopped;
-    if (prepared > 0 && !device->stopped && !device->options.inline_engine)
+    bool rung = prepared > 0 && !device->stopped;
+    if (rung)
         engine_hand_off(device);
     pthread_mutex_unlock(&device->submit_lock);
-    if (run_inline)
+    if (rung && device->options.inline_engine)
         inline_drain(device);
     else if (atomic_load(&device->engine_sleeping))
         wake_engine(device);
@@ -921,7 +921,7 @@ void ks_dma_device_terminate_all(ks_dma_device *device)
         atomic_store(&device->abort_upto, prepared);
     atomic_store(&device->issued, prepared);
     bool running = !device->stopped;
-    if (running && prepared > 0 && !device->options.inline_engine)
+    if (running && prepared > 0)
         engine_hand_off(device);
     pthread_mutex_unlock(&device->submit_lock);
     if (!running || prepared == 0)
