@@ -48,6 +48,7 @@
 #include "frame_set.h"
 #include "framing.h"
 #include "ksalloc.h"
+#include "sanitizers.h"
 
 #define TCMALLOC_DEFAULT_FRAME_BYTES 4096u
 /* Limits stated to the harness, the same as the other general-purpose allocators' so that one
@@ -62,29 +63,7 @@ _Static_assert(TCMALLOC_MAX_FRAME_BYTES <= UINT32_MAX, "FrameSize is a ULONG");
 #define TCMALLOC_TABLE_MIN_SLOTS 64u
 _Static_assert((TCMALLOC_TABLE_MIN_SLOTS & (TCMALLOC_TABLE_MIN_SLOTS - 1)) == 0, "table sizes are powers of two");
 
-#if defined(__SANITIZE_THREAD__)
-#define TCMALLOC_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define TCMALLOC_TSAN 1
-#endif
-#endif
-#ifndef TCMALLOC_TSAN
-#define TCMALLOC_TSAN 0
-#endif
-
-#if defined(__SANITIZE_ADDRESS__)
-#define TCMALLOC_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define TCMALLOC_ASAN 1
-#endif
-#endif
-#ifndef TCMALLOC_ASAN
-#define TCMALLOC_ASAN 0
-#endif
-
-#if TCMALLOC_TSAN
+#if KS_TSAN
 /* TSan's synchronisation annotations (sanitizer/tsan_interface.h, declared here because Debian's
  * gcc ships no sanitizer headers). One object stands for tcmalloc's internal locks and atomics,
  * which TSan cannot see because the library is not instrumented: every Free releases it before
@@ -113,7 +92,7 @@ __attribute__((weak)) const char *__tsan_default_suppressions(void)
 #define TCMALLOC_FRAME_RELEASED() ((void)0)
 #endif
 
-#if TCMALLOC_ASAN
+#if KS_ASAN
 /*
  * gperftools leaks one object at load time, before any ksalloc code runs: InitModule() makes a
  * default MallocExtension with operator new and TCMallocGuard's Register() then overwrites the

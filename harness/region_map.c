@@ -26,6 +26,7 @@
  * Thread safety: the cache is under one mutex; the system calls run outside it.
  */
 #include "region_map.h"
+#include "sanitizers.h"
 
 #include <pthread.h>
 #include <stdbool.h>
@@ -34,23 +35,14 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#if defined(__has_feature)
-#if __has_feature(memory_sanitizer)
+#if KS_MSAN
 #include <sanitizer/msan_interface.h>
 #define REGION_MARK_UNINITIALISED(start, bytes) __msan_allocated_memory((start), (bytes))
-#endif
-#if __has_feature(address_sanitizer)
-#define REGION_ASAN 1
-#endif
-#endif
-#if defined(__SANITIZE_ADDRESS__)
-#define REGION_ASAN 1
-#endif
-#ifndef REGION_MARK_UNINITIALISED
+#else
 #define REGION_MARK_UNINITIALISED(start, bytes) ((void)(start), (void)(bytes))
 #endif
 
-#ifdef REGION_ASAN
+#if KS_ASAN
 #include <sanitizer/asan_interface.h>
 #endif
 
@@ -62,7 +54,7 @@
  * shadow byte per 8 bytes, so only the pages used are poisoned: nothing points past them. */
 static bool region_protect(void *start, size_t used_bytes, size_t mapped_bytes, bool accessible)
 {
-#ifdef REGION_ASAN
+#if KS_ASAN
     (void)mapped_bytes;
     if (accessible)
         ASAN_UNPOISON_MEMORY_REGION(start, used_bytes);
@@ -80,7 +72,7 @@ static bool region_protect(void *start, size_t used_bytes, size_t mapped_bytes, 
  * later mapping at the same address must not inherit it. */
 static void region_release(void *start, size_t bytes)
 {
-#ifdef REGION_ASAN
+#if KS_ASAN
     ASAN_UNPOISON_MEMORY_REGION(start, bytes);
 #endif
     munmap(start, bytes);

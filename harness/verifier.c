@@ -49,6 +49,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "sanitizers.h"
 #include "shadow.h"
 
 #define VERIFIER_DEFAULT_FAULTS_KEPT 64u
@@ -219,14 +220,7 @@ static void batch_publish(ks_verifier *verifier, const fault_batch *batch)
  * is poisoned (a frame running into a heap redzone or freed memory), the access is redone
  * through an instrumented path, so ASan reports it as it did. noinline keeps the loops from
  * being inlined into (and instrumented with) their callers. */
-#if defined(__SANITIZE_ADDRESS__)
-#define PATTERN_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define PATTERN_ASAN 1
-#endif
-#endif
-#ifdef PATTERN_ASAN
+#if KS_ASAN
 #include <sanitizer/asan_interface.h>
 #endif
 #if defined(__clang__)
@@ -258,7 +252,7 @@ static uint64_t pattern_word(uint64_t seed, size_t word_index)
  * there is one, so that ASan reports it (and stops the run) as the loops' own checks used to. */
 static void pattern_touch_poisoned(const void *frame, size_t frame_bytes, bool write)
 {
-#ifdef PATTERN_ASAN
+#if KS_ASAN
     void *poisoned = __asan_region_is_poisoned((void *)(uintptr_t)frame, frame_bytes);
     if (poisoned == NULL)
         return;

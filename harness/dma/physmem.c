@@ -34,6 +34,7 @@
 
 #include "dma_internal.h"
 #include "region_map.h"
+#include "sanitizers.h"
 
 #define INDEX_INITIAL_SLOTS 64u
 #define HOST_HEAP_MAX_BYTES ((size_t)64 << 10)
@@ -239,14 +240,7 @@ static ks_phys_page *page_create(ks_physmem *physmem, uintptr_t host, uint64_t p
 
 /* Under ASan, memory a block cache holds is poisoned: a CPU access to a freed common buffer or a
  * dropped RAM shadow is still a use-after-free report. */
-#if defined(__SANITIZE_ADDRESS__)
-#define KS_PHYSMEM_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define KS_PHYSMEM_ASAN 1
-#endif
-#endif
-#ifdef KS_PHYSMEM_ASAN
+#if KS_ASAN
 #include <sanitizer/asan_interface.h>
 #define BLOCK_POISON(addr, bytes) ASAN_POISON_MEMORY_REGION((addr), (bytes))
 #define BLOCK_UNPOISON(addr, bytes) ASAN_UNPOISON_MEMORY_REGION((addr), (bytes))
@@ -376,7 +370,7 @@ void ks_physmem_shadow_free(ks_physmem *physmem, void *ram)
  * are poisoned; a block is not reused while quarantined); in a release build an unmapped
  * allocation faults (SIGSEGV), a block does not -- and neither ever did for a page still
  * pinned. */
-#ifdef KS_PHYSMEM_ASAN
+#if KS_ASAN
 #define HOST_REGIONS_CACHED true
 #else
 #define HOST_REGIONS_CACHED false
