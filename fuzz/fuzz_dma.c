@@ -575,6 +575,23 @@ static void do_sync(driver *drv, reader *in, bool for_device)
     expect_reports(drv, 0, for_device ? "a sync for device inside a mapping" : "a sync for CPU inside a mapping");
 }
 
+/* The index of the first byte of bytes[0, count) that is not zero, or count. Compared a page at
+ * a time with memcmp: a byte loop here put every byte of a 64 KiB common buffer through ASan's,
+ * UBSan's and trace-cmp's hooks, and was a tenth of this target's time. */
+static size_t first_nonzero_byte(const unsigned char *bytes, size_t count)
+{
+    static const unsigned char zero_page[KS_DMA_PAGE_BYTES];
+    for (size_t offset = 0; offset < count; offset += sizeof zero_page) {
+        size_t chunk_bytes = count - offset < sizeof zero_page ? count - offset : sizeof zero_page;
+        if (memcmp(bytes + offset, zero_page, chunk_bytes) == 0)
+            continue;
+        for (size_t i = offset;; i++)
+            if (bytes[i] != 0)
+                return i;
+    }
+    return count;
+}
+
 static void do_alloc_coherent(driver *drv, reader *in)
 {
     static const size_t sizes[8] = {64, 100, 4096, 4096, 8192, 16384, 20000, 65536};
@@ -593,9 +610,9 @@ static void do_alloc_coherent(driver *drv, reader *in)
         return;
     }
     buf->live = true;
-    for (size_t i = 0; i < buf->bytes; i++)
-        if (buf->cpu[i] != 0)
-            DRIVER_FAIL(drv, "common buffer byte %zu of %zu is 0x%02x, not zeroed", i, buf->bytes, buf->cpu[i]);
+    size_t nonzero = first_nonzero_byte(buf->cpu, buf->bytes);
+    if (nonzero != buf->bytes)
+        DRIVER_FAIL(drv, "common buffer byte %zu of %zu is 0x%02x, not zeroed", nonzero, buf->bytes, buf->cpu[nonzero]);
     ks_dma_segment segment = {.bus_addr = buf->bus, .bytes = buf->bytes};
     expect_reports(drv, segment_rules(drv, &segment, 1, false, drv->coherent_mask), "alloc_coherent");
 }
