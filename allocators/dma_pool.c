@@ -229,7 +229,9 @@ static void dma_pool_delete(PVOID context)
     dma_pool *pool = context;
     if (pool == NULL)
         return;
-    for (uint32_t i = 0; i < pool->page_count; i++)
+    /* Highest address first: the adapter keeps its mappings sorted by address, and removing from
+     * the end of those arrays moves nothing. */
+    for (uint32_t i = pool->page_count; i-- > 0;)
         release_page(pool, pool->pages[i]);
     pthread_mutex_destroy(&pool->lock);
     free(pool->pages);
