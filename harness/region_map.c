@@ -54,7 +54,7 @@
  * shadow byte per 8 bytes, so only the pages used are poisoned: nothing points past them. */
 static bool region_protect(void *start, size_t used_bytes, size_t mapped_bytes, bool accessible)
 {
-#if KS_ASAN
+#if KS_REGION_CACHE_PARKS_BY_POISON
     (void)mapped_bytes;
     if (accessible)
         ASAN_UNPOISON_MEMORY_REGION(start, used_bytes);

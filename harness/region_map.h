@@ -17,6 +17,15 @@
 
 #include <stddef.h>
 
+#include "sanitizers.h"
+
+/* How the cache parks a region while it waits (region_map.c, region_protect): 1 under ASan, by
+ * poisoning it, with no system call; 0 otherwise, by mprotect to PROT_NONE and back, a TLB
+ * shootdown each way. A caller that needs zeroed memory weighs a cached region (park, unpark,
+ * clear what the last user touched) against a fresh mapping (zero for free, one unmap) by this:
+ * harness/dma/physmem.c does. */
+#define KS_REGION_CACHE_PARKS_BY_POISON KS_ASAN
+
 /* Regions given back are cached for reuse (region_map.c): up to this many, each at most
  * KS_REGION_CACHE_MAX_BYTES, KS_REGION_CACHE_TOTAL_BYTES in all. A fuzz input opens up to four
  * instances of two or three regions each, in a dozen size classes, and the next input asks for

@@ -359,22 +359,18 @@ void ks_physmem_shadow_free(ks_physmem *physmem, void *ram)
  * case -- a common buffer or pool page of a few pages -- avoids it: a block starts and ends on
  * page boundaries (no other allocation shares its pages) and is zeroed here. Above
  * HOST_HEAP_MAX_BYTES the memory reads as zero as a fresh mapping does, and where it comes from
- * depends on the build. Under ASan it is a region from harness/region_map.c's cache, which parks
- * a region by poisoning it (no system call) and clears, when it hands one back, only the pages
- * its last user touched (ks_region_map_zeroed): dma_sg maps every page of its block at
- * initialisation and on a non-coherent device the cache model reads each one, so a fresh mapping
- * cost a fault per page per fuzz input (43% of fuzz_alloc_dma_sg's page faults). Without ASan the
- * cache parks a region PROT_NONE, two TLB shootdowns a cycle where a fresh mapping costs one, and
- * that lost: the bug zoo's mutant_dma_boundary ran at 4,800 inputs/s on cached regions and
- * 5,400-5,700 on fresh mappings. A CPU use after free is caught under ASan (blocks and cached regions
- * are poisoned; a block is not reused while quarantined); in a release build an unmapped
- * allocation faults (SIGSEGV), a block does not -- and neither ever did for a page still
- * pinned. */
-#if KS_ASAN
-#define HOST_REGIONS_CACHED true
-#else
-#define HOST_REGIONS_CACHED false
-#endif
+ * depends on how region_map.c's cache parks a region (KS_REGION_CACHE_PARKS_BY_POISON). Where it
+ * poisons (ASan: no system call) it is a cached region, which the cache clears, when it hands one
+ * back, only the pages its last user touched (ks_region_map_zeroed): dma_sg maps every page of its
+ * block at initialisation and on a non-coherent device the cache model reads each one, so a fresh
+ * mapping cost a fault per page per fuzz input (43% of fuzz_alloc_dma_sg's page faults). Where it
+ * parks a region PROT_NONE, two TLB shootdowns a cycle where a fresh mapping costs one, it is a
+ * fresh mapping, which was measured to win: the bug zoo's mutant_dma_boundary ran at 4,800
+ * inputs/s on cached regions and 5,400-5,700 on fresh mappings. A CPU use after free is caught
+ * under ASan (blocks and cached regions are poisoned; a block is not reused while quarantined); in
+ * a release build an unmapped allocation faults (SIGSEGV), a block does not -- and neither ever
+ * did for a page still pinned. */
+#define HOST_REGIONS_CACHED KS_REGION_CACHE_PARKS_BY_POISON
 
 static void *host_pages_alloc(size_t bytes, size_t align_bytes, ks_phys_alloc *alloc)
 {
