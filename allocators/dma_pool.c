@@ -229,8 +229,9 @@ static void dma_pool_delete(PVOID context)
     dma_pool *pool = context;
     if (pool == NULL)
         return;
-    /* Highest address first: the adapter keeps its mappings sorted by address, and removing from
-     * the end of those arrays moves nothing. */
+    /* Highest CPU address first: the adapter keeps its mappings in arrays sorted by address, and
+     * removing from the end of the CPU-address one moves nothing (the bus-address one too where
+     * bus addresses rise with CPU addresses). */
     for (uint32_t i = pool->page_count; i-- > 0;)
         release_page(pool, pool->pages[i]);
     pthread_mutex_destroy(&pool->lock);

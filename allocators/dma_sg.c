@@ -188,8 +188,9 @@ static void dma_sg_delete(PVOID context)
     dma_sg *sg = context;
     if (sg == NULL)
         return;
-    /* The last frame mapped first, as a driver tears down: the adapter keeps its mappings sorted
-     * by address, and removing from the end of those arrays moves nothing. */
+    /* The last frame mapped first, as a driver tears down: the adapter keeps its mappings in
+     * arrays sorted by address, and removing from the end of the CPU-address one moves nothing
+     * (the bus-address one too behind an IOMMU, whose IOVAs were handed out rising). */
     for (uint32_t i = sg->frames_mapped; i-- > 0;) {
         ks_dma_region_unregister(sg->adapter, sg->block + (size_t)i * sg->stride_bytes);
         ks_dma_unmap_sg(sg->adapter, &sg->entries[(size_t)i * sg->entries_per_frame], sg->entries_per_frame,
