@@ -111,6 +111,7 @@ $(BUILD)/obj $(BUILD)/lib $(BUILD)/bin:
 # line per run; tests/run-suite prints the combined "N passed, N failed" line. Then every
 # checked-in fuzz corpus replays in both modes (fuzz/fuzz.mk: a past crash stays fixed), and the
 # bug zoo's crash inputs replay against their mutants (fuzz/zoo.mk: each must still be caught),
+# oss-fuzz-check's checks fire on their broken inputs (fuzz/oss-fuzz/check-build --self-test),
 # and the multi-threaded stress runs under TSan (tests/stress/: Criterion cannot start under TSan).
 TEST_MODES ?= release asan
 test: deps
@@ -118,6 +119,7 @@ test: deps
 	$(Q)tests/run-suite $(TEST_MODES)
 	$(Q)for m in $(TEST_MODES); do $(MAKE) --no-print-directory MODE=$$m fuzz-replay || exit 1; done
 	$(Q)$(MAKE) --no-print-directory MODE=release zoo-replay
+	$(Q)$(MAKE) --no-print-directory oss-fuzz-selftest
 	$(Q)$(MAKE) --no-print-directory stress
 
 # ---- fuzz targets, corpus replay, OSS-Fuzz build, AFL++ (fuzz/fuzz.mk) --------------------------
@@ -134,7 +136,7 @@ include tests/stress/stress.mk
 # Debian packages the project builds, tests, fuzzes and benchmarks with.
 DEB_PACKAGES := build-essential clang libclang-rt-14-dev llvm libcriterion-dev libjemalloc-dev \
                 libmimalloc-dev libgoogle-perftools-dev libbenchmark-dev libbenchmark-tools \
-                afl++ linux-perf python3 python3-matplotlib python3-numpy python3-scipy zip
+                afl++ file linux-perf python3 python3-matplotlib python3-numpy python3-scipy zip
 deps:
 	$(Q)missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | \
 	    grep -q 'install ok installed' || echo $$p; done); \

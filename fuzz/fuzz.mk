@@ -9,9 +9,11 @@
 #                                 the current MODE with $(CC) (no libFuzzer): part of `make test`
 #   make fuzz-build               only build the libFuzzer targets (FUZZ_CC, FUZZ_CFLAGS,
 #                                 FUZZ_ENGINE, FUZZ_LINK, FUZZ_BUILD select how; build.sh uses it)
-#   make oss-fuzz-check           run fuzz/oss-fuzz/build.sh as OSS-Fuzz would, for address and
-#                                 undefined, and check its output as OSS-Fuzz does before it
-#                                 accepts a build
+#   make oss-fuzz-check           run fuzz/oss-fuzz/build.sh as OSS-Fuzz's base-builder would, for
+#                                 every sanitizer and engine project.yaml lists, and check $$OUT as
+#                                 its base-runner does (fuzz/oss-fuzz/check-build says how);
+#                                 OSS_FUZZ_SANITIZERS / OSS_FUZZ_ENGINES narrow the matrix,
+#                                 OSS_FUZZ_DIR=<google/oss-fuzz checkout> adds its own test_all.py
 #   make fuzz-afl                 the same targets with afl-clang-fast, one run briefly
 #
 # The per-allocator targets come from the catalogue at build time: the names are the
@@ -23,6 +25,26 @@
 # fuzz_alloc_<name>, its replay in `make test` and its OSS-Fuzz binary.
 
 FUZZ_ALLOCATORS := $(shell sed -n 's/^[[:space:]]*&ks_allocator_\([A-Za-z0-9_]*\),.*/\1/p' harness/catalogue.c)
+# FUZZ_PEERS=0 leaves out the allocators that wrap libraries ksalloc does not build (jemalloc,
+# mimalloc, tcmalloc from the distribution, uninstrumented): MemorySanitizer needs every line it
+# runs instrumented, so its build (build.sh with SANITIZER=memory) fuzzes ksalloc's own code only.
+FUZZ_PEERS ?= 1
+FUZZ_PEER_ALLOCATORS := jemalloc mimalloc tcmalloc
+ifeq ($(FUZZ_PEERS),0)
+FUZZ_ALLOCATORS := $(filter-out $(FUZZ_PEER_ALLOCATORS),$(FUZZ_ALLOCATORS))
+FUZZ_LIBS ?= -ldl -lm
+FUZZ_PEER_DEFINE := -DKS_WITH_PEER_LIBS=0
+else ifeq ($(FUZZ_PEERS),1)
+FUZZ_LIBS ?= $(LIBS)
+else
+$(error FUZZ_PEERS is '$(FUZZ_PEERS)': use 1 (with the jemalloc, mimalloc and tcmalloc allocators) or 0 (without))
+endif
+# FUZZ_SHIPPED_LIB_DIR=lib links the targets with the run path $$ORIGIN/lib, so that shared
+# libraries shipped in a lib/ folder beside them (build.sh copies every one OSS-Fuzz's runner
+# image lacks) are found wherever the folder is moved; empty, the system's are used.
+FUZZ_SHIPPED_LIB_DIR ?=
+comma := ,
+FUZZ_RUNPATH = $(if $(FUZZ_SHIPPED_LIB_DIR),-Wl$(comma)-rpath$(comma)'$$ORIGIN/$(FUZZ_SHIPPED_LIB_DIR)')
 FUZZ_ALLOC_TARGETS := $(addprefix fuzz_alloc_,$(FUZZ_ALLOCATORS))
 FUZZ_OTHER_TARGETS := fuzz_differential fuzz_plugin fuzz_trace fuzz_plugin_entry fuzz_dma
 FUZZ_TARGETS := $(FUZZ_ALLOC_TARGETS) $(FUZZ_OTHER_TARGETS)
@@ -40,7 +62,8 @@ FUZZ_WARN ?= $(WARN)
 # The plugin fuzz_plugin drives in `make fuzz` and `make fuzz-replay` (a user passes their own).
 FUZZ_PLUGIN_SRC ?= tests/plugin/example_plugin.c
 
-FUZZ_LIB_SRC := $(wildcard harness/*.c harness/dma/*.c allocators/*.c)
+FUZZ_LIB_SRC := $(filter-out $(if $(FUZZ_PEER_DEFINE),$(FUZZ_PEER_ALLOCATORS:%=allocators/%.c)),\
+                $(wildcard harness/*.c harness/dma/*.c allocators/*.c))
 # Coverage is the code under test's: fuzz/coverage.ignorelist names the harness machinery left
 # uninstrumented (why: that file). Kept out of FUZZ_CFLAGS so that OSS-Fuzz's $$CFLAGS keep it.
 FUZZ_COVERAGE_SCOPE := -fsanitize-coverage-ignorelist=$(CURDIR)/fuzz/coverage.ignorelist
@@ -51,14 +74,15 @@ FUZZ_COVERAGE_SCOPE := -fsanitize-coverage-ignorelist=$(CURDIR)/fuzz/coverage.ig
 # hooks; the parsers (trace.c, plugin.c, the DMA option string) and the targets keep both.
 FUZZ_NO_CMP_SRC := $(wildcard allocators/*.c) harness/heap.c $(filter-out harness/dma/options.c,$(wildcard harness/dma/*.c))
 $(patsubst %.c,$(FUZZ_BUILD)/obj/%.o,$(FUZZ_NO_CMP_SRC)): FUZZ_CMP_SCOPE := -fno-sanitize-coverage=trace-cmp
-FUZZ_COMPILE = $(FUZZ_CC) $(CSTD) $(FUZZ_WARN) $(FUZZ_CFLAGS) $(FUZZ_COVERAGE_SCOPE) $(FUZZ_CMP_SCOPE) -Iharness -Ifuzz -pthread
+FUZZ_COMPILE = $(FUZZ_CC) $(CSTD) $(FUZZ_WARN) $(FUZZ_CFLAGS) $(FUZZ_COVERAGE_SCOPE) $(FUZZ_CMP_SCOPE) $(FUZZ_PEER_DEFINE) -Iharness -Ifuzz -pthread
 FUZZ_LIB := $(FUZZ_BUILD)/lib/libksalloc-fuzz.a
 FUZZ_LIB_OBJ := $(patsubst %.c,$(FUZZ_BUILD)/obj/%.o,$(FUZZ_LIB_SRC))
 FUZZ_HELPER_OBJ := $(FUZZ_BUILD)/obj/fuzz/fuzz_helpers.o
 FUZZ_BINS := $(addprefix $(FUZZ_BUILD)/bin/,$(FUZZ_TARGETS))
 # The minimal allocate/free harness the issue measures our speed against; built, not shipped.
 FUZZ_BASELINE := $(FUZZ_BUILD)/bin/fuzz_baseline_malloc
-FUZZ_PLUGIN_SO := $(FUZZ_BUILD)/lib/plugins/$(notdir $(FUZZ_PLUGIN_SRC:.c=.so))
+# It sits beside the targets under the name fuzz_plugin loads when no plugin is named.
+FUZZ_PLUGIN_SO := $(FUZZ_BUILD)/bin/fuzz_plugin_example.so
 
 .PHONY: fuzz fuzz-build fuzz-replay oss-fuzz-check fuzz-afl
 
@@ -81,7 +105,7 @@ $(FUZZ_LIB): $(FUZZ_LIB_OBJ)
 $(FUZZ_BUILD)/bin/%: $(FUZZ_BUILD)/obj/fuzz/%.o $(FUZZ_HELPER_OBJ) $(FUZZ_LIB)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  LD [fuzz] $@")
-	$(Q)$(FUZZ_LINK) $(FUZZ_LDFLAGS) $(FUZZ_ENGINE) $(FUZZ_LINK_EXTRA) $< $(FUZZ_HELPER_OBJ) $(FUZZ_LIB) $(LIBS) -pthread -o $@
+	$(Q)$(FUZZ_LINK) $(FUZZ_LDFLAGS) $(FUZZ_ENGINE) $(FUZZ_LINK_EXTRA) $(FUZZ_RUNPATH) $< $(FUZZ_HELPER_OBJ) $(FUZZ_LIB) $(FUZZ_LIBS) -pthread -o $@
 
 # fuzz_plugin dlopens a plugin built with coverage: its hooks (and __sancov_lowest_stack, which
 # OSS-Fuzz's stack-depth flag adds) must resolve against the target, which only an ASan build
@@ -122,20 +146,26 @@ $(FUZZ_REPLAY_DIR)/regress_%: $(BUILD)/obj/fuzz/%.o $(FUZZ_REPLAY_OBJ) $(LIBKS)
 # Corpus of a target: fuzz/corpus/<target>/; the targets reading the allocator input format
 # (fuzz_alloc_*, fuzz_differential, fuzz_plugin) share fuzz/corpus/fuzz_allocator/ and add
 # fuzz/corpus/<target>/ when one exists (inputs that crashed that target once). fuzz_plugin
-# replays on the example plugin and on `lookaside` (thread-safe: the two-thread schedule).
-fuzz-replay: $(FUZZ_REPLAY_BINS) $(PLUGINS)
+# replays twice: with no plugin named, so it loads the example plugin as fuzz_plugin_example.so
+# from beside the binary, as on OSS-Fuzz; and on `lookaside` (thread-safe: the two-thread schedule).
+fuzz-replay: $(FUZZ_REPLAY_BINS) $(PLUGINS) $(FUZZ_REPLAY_DIR)/fuzz_plugin_example.so
 	$(Q)failed=0; for t in $(FUZZ_TARGETS); do \
 	    case $$t in fuzz_alloc_*|fuzz_differential|fuzz_plugin) \
 	                    dirs="fuzz/corpus/fuzz_allocator $$(ls -d fuzz/corpus/$$t 2>/dev/null)";; \
 	                *) dirs=fuzz/corpus/$$t;; esac; \
-	    plugins=-; [ $$t = fuzz_plugin ] && plugins="$(abspath $(BUILD))/lib/plugins/example_plugin.so lookaside"; \
+	    plugins=-; [ $$t = fuzz_plugin ] && plugins="beside lookaside"; \
 	    for p in $$plugins; do \
-	        log=$(FUZZ_REPLAY_DIR)/regress_$$t.log; label=$$t; [ $$p = - ] || label="$$t ($$(basename $$p))"; \
-	        if KSALLOC_FUZZ_PLUGIN=$$p $(FUZZ_REPLAY_DIR)/regress_$$t $$dirs >$$log 2>&1; then \
+	        log=$(FUZZ_REPLAY_DIR)/regress_$$t.log; label=$$t; [ $$p = - ] || label="$$t ($$p)"; \
+	        plugin_env="KSALLOC_FUZZ_PLUGIN=$$p"; [ $$p = beside ] && plugin_env="-u KSALLOC_FUZZ_PLUGIN"; \
+	        if env $$plugin_env $(FUZZ_REPLAY_DIR)/regress_$$t $$dirs >$$log 2>&1; then \
 	            printf '  fuzz-replay [$(MODE)] %-34s %s\n' "$$label" "$$(tail -n 1 $$log | sed 's/^regression driver: //')"; \
 	        else failed=1; echo "  fuzz-replay [$(MODE)] $$label FAILED:"; tail -n 20 $$log; fi; \
 	    done; \
 	done; exit $$failed
+
+$(FUZZ_REPLAY_DIR)/fuzz_plugin_example.so: $(BUILD)/lib/plugins/example_plugin.so
+	@mkdir -p $(dir $@)
+	$(Q)cp $< $@
 
 -include $(FUZZ_LIB_OBJ:.o=.d) $(wildcard $(FUZZ_BUILD)/obj/fuzz/*.d) $(wildcard $(BUILD)/obj/fuzz/*.d)
 # Dependency files are never remade: without this, make would try to build fuzz_alloc_x.d from
@@ -144,8 +174,14 @@ $(FUZZ_BUILD)/obj/%.d: ;
 $(BUILD)/obj/fuzz/%.d: ;
 
 # ---- make oss-fuzz-check ----------------------------------------------------------------------------
+.PHONY: oss-fuzz-selftest
+# Seconds: each of oss-fuzz-check's checks against the broken input it exists for (in make test).
+oss-fuzz-selftest:
+	$(Q)fuzz/oss-fuzz/check-build --self-test
+
 oss-fuzz-check:
-	$(Q)fuzz/oss-fuzz/check-build $(OSS_FUZZ_SANITIZERS)
+	$(Q)OSS_FUZZ_SANITIZERS='$(OSS_FUZZ_SANITIZERS)' OSS_FUZZ_ENGINES='$(OSS_FUZZ_ENGINES)' \
+	    OSS_FUZZ_DIR='$(OSS_FUZZ_DIR)' fuzz/oss-fuzz/check-build
 
 # ---- make fuzz-afl ------------------------------------------------------------------------------------
 FUZZ_AFL_BUILD := build/fuzz-afl

@@ -1,8 +1,12 @@
 /*
  * fuzz_plugin.c -- fuzzes a user's allocator built as a ksalloc plugin, without rebuilding
  * ksalloc: the plugin is named at run time, by -plugin=PATH on the command line or by the
- * environment variable KSALLOC_FUZZ_PLUGIN=PATH (the flag wins). A catalogue name instead of a path fuzzes that built-in allocator the same way, which
- * is how the multi-threaded schedule below is exercised on the built-in thread-safe ones.
+ * environment variable KSALLOC_FUZZ_PLUGIN=PATH (the flag wins). With neither, it fuzzes the
+ * plugin shipped beside the binary, fuzz_plugin_example.so (the build puts the example plugin
+ * there), so that a run with no flags at all works: OSS-Fuzz's build check, its coverage job and
+ * the AFL path pass none. A catalogue name instead of a path fuzzes that built-in allocator the
+ * same way, which is how the multi-threaded schedule below is exercised on the built-in
+ * thread-safe ones.
  *
  * Checks, per input: (1) the single-threaded run of fuzz_alloc_* (allocator input format of
  * fuzz_helpers.h, so `ksalloc replay --fuzz-input FILE --plugin PATH` replays it); (2) when the
@@ -16,6 +20,7 @@
  * holds, bad free, self-check), which abort like any other.
  */
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +30,7 @@
 
 #define PLUGIN_ENV "KSALLOC_FUZZ_PLUGIN"
 #define PLUGIN_FLAG "-plugin="
+#define DEFAULT_PLUGIN "fuzz_plugin_example.so"
 #define MT_THREADS 2u
 #define MT_MAX_LIVE_PER_THREAD 1024u
 
@@ -42,15 +48,18 @@ static const char *plugin_argument(int argc, char **argv)
     return getenv(PLUGIN_ENV);
 }
 
-/* A bare file name that is not in the working directory is looked up next to the fuzz binary:
- * OSS-Fuzz ships the plugin beside the target and names it in <target>.options, and runs the
- * target from anywhere (its build check even moves $OUT). */
-static const char *locate_plugin(const char *path, const char *argv0)
+/* A bare file name that is not in the working directory is looked up next to the fuzz binary
+ * (/proc/self/exe, since argv[0] may be a bare name found on PATH): OSS-Fuzz ships the plugin
+ * beside the target and runs the target from anywhere (its build check even moves $OUT). */
+static const char *locate_plugin(const char *path)
 {
-    const char *slash = strrchr(argv0, '/');
-    if (strchr(path, '/') != NULL || access(path, F_OK) == 0 || slash == NULL)
+    char exe[sizeof plugin_path];
+    ssize_t exe_bytes = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (strchr(path, '/') != NULL || access(path, F_OK) == 0 || exe_bytes <= 0)
         return path;
-    int written = snprintf(plugin_path, sizeof plugin_path, "%.*s/%s", (int)(slash - argv0), argv0, path);
+    exe[exe_bytes] = '\0';
+    const char *slash = strrchr(exe, '/');
+    int written = snprintf(plugin_path, sizeof plugin_path, "%.*s/%s", (int)(slash - exe), exe, path);
     return written > 0 && (size_t)written < sizeof plugin_path && access(plugin_path, F_OK) == 0 ? plugin_path : path;
 }
 
@@ -58,12 +67,19 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     const char *path = plugin_argument(*argc, *argv);
     ks_fuzz_set_identity("fuzz_plugin", NULL);
-    KS_FUZZ_CHECK(path != NULL && path[0] != '\0',
-                  "name the plugin to fuzz: -plugin=PATH.so or " PLUGIN_ENV "=PATH.so (or a catalogue name)");
+    bool named = path != NULL;
+    if (!named)
+        path = DEFAULT_PLUGIN;
+    KS_FUZZ_CHECK(path[0] != '\0', "the plugin to fuzz is empty: -plugin=PATH.so or " PLUGIN_ENV
+                                    "=PATH.so (or a catalogue name); with neither, " DEFAULT_PLUGIN
+                                    " beside the binary");
     KS_FUZZ_CHECK(strlen(path) < sizeof plugin_path, "plugin path longer than %zu bytes", sizeof plugin_path - 1);
     fuzzed_entry = ks_catalogue_find(path);
-    if (fuzzed_entry == NULL && *argc > 0)
-        path = locate_plugin(path, (*argv)[0]);
+    if (fuzzed_entry == NULL)
+        path = locate_plugin(path);
+    KS_FUZZ_CHECK(named || fuzzed_entry != NULL || access(path, F_OK) == 0,
+                  "no plugin named (-plugin=PATH.so or " PLUGIN_ENV "=PATH.so) and no " DEFAULT_PLUGIN
+                  " beside the fuzz binary or in the working directory");
     if (fuzzed_entry != NULL) {
         snprintf(allocator_spec, sizeof allocator_spec, "%s", path);
     } else {

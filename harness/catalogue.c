@@ -15,12 +15,17 @@
 
 /* ---- The built-in table (one extern line and one table line per allocator) ------------------ */
 
+/* The three peers wrap libraries the project does not build (jemalloc, mimalloc, tcmalloc, from
+ * the distribution). A build that must instrument every line it runs -- MemorySanitizer's, which
+ * reports false positives through uninstrumented code -- sets KS_WITH_PEER_LIBS to 0 and leaves
+ * them out (fuzz/fuzz.mk's FUZZ_PEERS=0); every other build has them. */
+#ifndef KS_WITH_PEER_LIBS
+#define KS_WITH_PEER_LIBS 1
+#endif
+
 extern const ks_allocator_entry ks_allocator_system;
-extern const ks_allocator_entry ks_allocator_jemalloc;
 extern const ks_allocator_entry ks_allocator_lookaside;
 extern const ks_allocator_entry ks_allocator_pool;
-extern const ks_allocator_entry ks_allocator_mimalloc;
-extern const ks_allocator_entry ks_allocator_tcmalloc;
 extern const ks_allocator_entry ks_allocator_buddy;
 extern const ks_allocator_entry ks_allocator_tlsf;
 extern const ks_allocator_entry ks_allocator_ring;
@@ -29,14 +34,23 @@ extern const ks_allocator_entry ks_allocator_lockfree;
 extern const ks_allocator_entry ks_allocator_dma_common;
 extern const ks_allocator_entry ks_allocator_dma_sg;
 extern const ks_allocator_entry ks_allocator_dma_pool;
+#if KS_WITH_PEER_LIBS
+extern const ks_allocator_entry ks_allocator_jemalloc;
+extern const ks_allocator_entry ks_allocator_mimalloc;
+extern const ks_allocator_entry ks_allocator_tcmalloc;
+#endif
 
 static const ks_allocator_entry *const builtin_entries[] = {
     &ks_allocator_system,
+#if KS_WITH_PEER_LIBS
     &ks_allocator_jemalloc,
+#endif
     &ks_allocator_lookaside,
     &ks_allocator_pool,
+#if KS_WITH_PEER_LIBS
     &ks_allocator_mimalloc,
     &ks_allocator_tcmalloc,
+#endif
     &ks_allocator_buddy,
     &ks_allocator_tlsf,
     &ks_allocator_ring,
