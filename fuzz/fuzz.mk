@@ -14,6 +14,8 @@
 #                                 its base-runner does (fuzz/oss-fuzz/check-build says how);
 #                                 OSS_FUZZ_SANITIZERS / OSS_FUZZ_ENGINES narrow the matrix,
 #                                 OSS_FUZZ_DIR=<google/oss-fuzz checkout> adds its own test_all.py
+#   make fuzz-coverage            OSS-Fuzz's coverage job: source coverage of every target over
+#                                 its corpus, an HTML report and a summary (fuzz/coverage.mk)
 #   make fuzz-afl                 the same targets with afl-clang-fast, one run briefly
 #
 # The per-allocator targets come from the catalogue at build time: the names are the
@@ -182,6 +184,9 @@ oss-fuzz-selftest:
 oss-fuzz-check:
 	$(Q)OSS_FUZZ_SANITIZERS='$(OSS_FUZZ_SANITIZERS)' OSS_FUZZ_ENGINES='$(OSS_FUZZ_ENGINES)' \
 	    OSS_FUZZ_DIR='$(OSS_FUZZ_DIR)' fuzz/oss-fuzz/check-build
+
+# ---- make fuzz-coverage (fuzz/coverage.mk) ------------------------------------------------------------
+include fuzz/coverage.mk
 
 # ---- make fuzz-afl ------------------------------------------------------------------------------------
 FUZZ_AFL_BUILD := build/fuzz-afl
