@@ -1,13 +1,18 @@
 # bench/bench.mk -- benchmarks, reports and comparison; included by the top-level Makefile.
 #
 #   make bench                          deps, build, run the default suite (a few minutes on 2 cores),
-#                                       write results/<host>-<date>-<commit>.json, print the summary
+#                                       write results/local/<host>-<date>-<commit>.json, print the summary
 #   make bench-quick                    the CI smoke suite (about a minute), report in $(BUILD)/bench/
 #   make compare BASE=a.json NEW=b.json per-benchmark U tests (Google Benchmark's compare.py), a
 #                                       per-allocator geometric mean, and a regression gate: exits 1
 #                                       when something got slower beyond THRESHOLD with significance
-#   make report [REPORTS="a.json b.json"]  Markdown and PNG/SVG plots (default: the newest report)
-#   make perf BENCH=<filter>            one benchmark under perf stat (and perf record where it works)
+#   make report [REPORTS="a.json b.json"]  Markdown and PNG/SVG plots into results/local/report-<name>/
+#                                       (default: this machine's newest report in results/local/)
+#   make perf BENCH=<filter> [REPORT=r.json]  one benchmark under perf stat (and perf record where it
+#                                       works), filed under the report this same binary wrote
+#
+# results/local/ holds this machine's runs and is ignored by git; results/baselines/ holds the
+# committed reports, each from the machine its name and context give.
 #
 # Knobs: BENCH_MIN_TIME (s per repetition), BENCH_REPETITIONS, BENCH_ARGS (extra flags for the
 # binary: --benchmark_filter=..., --plugin=x.so, --ks_max_threads=N), THRESHOLD (0.10 = 10%
@@ -30,6 +35,7 @@ BENCH_REPETITIONS ?= 5
 THRESHOLD ?= 0.10
 ALPHA ?= 0.05
 BENCH_ARGS ?=
+RESULTS_LOCAL := results/local
 # Handed to bench/run-bench and bench/run-perf through the environment, where they are split on
 # blanks only: a filter such as 'a/(b|c)' reaches the binary as it was typed.
 export BENCH_ARGS
@@ -53,7 +59,7 @@ bench-bin: $(BENCH_BIN)
 BENCH_ENV = CC='$(CC)' MODE='$(MODE)' BENCH_CFLAGS='$(strip $(CSTD) $(MODE_FLAGS_$(MODE)) $(CFLAGS))'
 
 bench: deps $(BENCH_BIN)
-	$(Q)$(BENCH_ENV) bench/run-bench --bin $(BENCH_BIN) --out-dir results --python '$(PYTHON)' \
+	$(Q)$(BENCH_ENV) bench/run-bench --bin $(BENCH_BIN) --out-dir $(RESULTS_LOCAL) --python '$(PYTHON)' \
 	    --min-time $(BENCH_MIN_TIME) --repetitions $(BENCH_REPETITIONS)
 
 bench-quick: deps $(BENCH_BIN)
@@ -64,10 +70,11 @@ compare:
 	$(Q)$(PYTHON) bench/compare.py --threshold $(THRESHOLD) --alpha $(ALPHA) '$(BASE)' '$(NEW)'
 
 report:
-	$(Q)$(PYTHON) bench/report.py $(if $(REPORTS),$(REPORTS),--latest results)
+	$(Q)$(PYTHON) bench/report.py --into $(RESULTS_LOCAL) $(if $(REPORTS),$(REPORTS),--latest $(RESULTS_LOCAL))
 
 perf: deps $(BENCH_BIN)
 	@test -n '$(BENCH)' || { echo "usage: make perf BENCH=<benchmark filter regex>" >&2; exit 2; }
-	$(Q)bench/run-perf --bin $(BENCH_BIN) --filter '$(BENCH)' --results results
+	$(Q)bench/run-perf --bin $(BENCH_BIN) --filter '$(BENCH)' --results $(RESULTS_LOCAL) \
+	    $(if $(REPORT),--report '$(REPORT)')
 
 -include $(BENCH_OBJ:.o=.d)
