@@ -76,8 +76,8 @@ all: $(KSALLOC) $(TESTS) $(PLUGINS)
 
 # Tests find the binaries and plugins of their own build.
 $(BUILD)/obj/tests/%.o: CFLAGS_ALL += -DKS_BUILD_DIR='"$(abspath $(BUILD))"' -DKS_SOURCE_DIR='"$(CURDIR)"'
-# `ksalloc compare` runs bench/compare.py from the tree it was built from.
-$(BUILD)/obj/harness/cli/cmd_compare.o: CFLAGS_ALL += -DKS_SOURCE_DIR='"$(CURDIR)"'
+# `ksalloc compare` and `ksalloc ab` run bench/'s tools from the tree they were built from.
+$(BUILD)/obj/harness/cli/bench_tool.o: CFLAGS_ALL += -DKS_SOURCE_DIR='"$(CURDIR)"'
 
 $(BUILD)/obj/%.o: %.c | $(BUILD)/obj
 	@mkdir -p $(dir $@)

@@ -6,6 +6,9 @@
 #   make compare BASE=a.json NEW=b.json per-benchmark U tests (Google Benchmark's compare.py), a
 #                                       per-allocator geometric mean, and a regression gate: exits 1
 #                                       when something got slower beyond THRESHOLD with significance
+#   make ab BASE=rev|a.so NEW=rev|b.so  two revisions (built in build/ab/) or two plugins benchmarked
+#                                       in one sitting, AB_ROUNDS (5) interleaved rounds, gated by
+#                                       compare.py; AB_FILTER narrows the benchmarks
 #   make report [REPORTS="a.json b.json"]  Markdown and PNG/SVG plots into results/local/report-<name>/
 #                                       (default: this machine's newest report in results/local/)
 #   make perf BENCH=<filter> [REPORT=r.json]  one benchmark under perf stat (and perf record where it
@@ -53,7 +56,7 @@ $(BENCH_BIN): $(BENCH_OBJ) $(LIBKS) | $(BUILD)/bin
 	@$(if $(Q),echo "  LD [$(MODE)] $@")
 	$(Q)$(CXX) $(LDFLAGS_ALL) $(BENCH_OBJ) $(LIBKS) -lbenchmark $(LIBS) -lpthread -o $@
 
-.PHONY: bench bench-quick bench-bin compare report perf
+.PHONY: bench bench-quick bench-bin compare ab report perf
 bench-bin: $(BENCH_BIN)
 
 BENCH_ENV = CC='$(CC)' MODE='$(MODE)' BENCH_CFLAGS='$(strip $(CSTD) $(MODE_FLAGS_$(MODE)) $(CFLAGS))'
@@ -68,6 +71,13 @@ bench-quick: deps $(BENCH_BIN)
 compare:
 	@test -n '$(BASE)' -a -n '$(NEW)' || { echo "usage: make compare BASE=a.json NEW=b.json [THRESHOLD=0.10] [ALPHA=0.05]" >&2; exit 2; }
 	$(Q)$(PYTHON) bench/compare.py --threshold $(THRESHOLD) --alpha $(ALPHA) '$(BASE)' '$(NEW)'
+
+AB_ROUNDS ?= 5
+AB_FILTER ?=
+ab: $(BENCH_BIN)
+	@test -n '$(BASE)' -a -n '$(NEW)' || { echo "usage: make ab BASE=<revision|a.so> NEW=<revision|b.so> [AB_ROUNDS=5] [AB_FILTER=regex]" >&2; exit 2; }
+	$(Q)bench/run-ab --base '$(BASE)' --new '$(NEW)' --bin $(BENCH_BIN) --python '$(PYTHON)' --rounds '$(AB_ROUNDS)' \
+	    --min-time '$(BENCH_MIN_TIME)' $(if $(AB_FILTER),--filter '$(AB_FILTER)') -- --threshold $(THRESHOLD) --alpha $(ALPHA)
 
 report:
 	$(Q)$(PYTHON) bench/report.py --into $(RESULTS_LOCAL) $(if $(REPORTS),$(REPORTS),--latest $(RESULTS_LOCAL))

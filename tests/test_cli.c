@@ -214,3 +214,46 @@ Test(cli, compare_gates_a_planted_slowdown_and_names_a_corrupt_report)
     run_ksalloc(&result, "compare only-one.json");
     cr_assert_eq(result.exit_code, 2, "%s", result.output);
 }
+
+/* `ksalloc ab` refuses what it cannot compare, with the reason, before it builds or runs. */
+Test(cli, ab_refuses_bad_input)
+{
+    run_ksalloc(&result, "ab --base HEAD --new " KS_BUILD_DIR "/lib/plugins/example_plugin.so");
+    cr_assert_eq(result.exit_code, 2, "%s", result.output);
+    cr_assert_not_null(strstr(result.output, "not of one kind"), "%s", result.output);
+    run_ksalloc(&result, "ab --base no-such-revision-xyz --new HEAD");
+    cr_assert_eq(result.exit_code, 2, "%s", result.output);
+    cr_assert_not_null(strstr(result.output, "'no-such-revision-xyz' is not a revision"), "%s", result.output);
+    run_ksalloc(&result, "ab --base HEAD --new HEAD --rounds 4");
+    cr_assert_eq(result.exit_code, 2, "%s", result.output);
+    cr_assert_not_null(strstr(result.output, "--rounds 4 is outside 5..50"), "%s", result.output);
+    run_ksalloc(&result, "ab --base " KS_BUILD_DIR "/lib/plugins/example_plugin.so --new /nonexistent/x.so");
+    cr_assert_eq(result.exit_code, 2, "%s", result.output);
+    cr_assert_not_null(strstr(result.output, "'/nonexistent/x.so' does not exist"), "%s", result.output);
+}
+
+/* Two plugins, five rounds: every round runs both sides, and each side's report holds one
+ * repetition per round, marked interleaved (what compare.py's noise floor relies on). The gate's
+ * verdict is timing and is not asserted here. */
+Test(cli, ab_interleaves_rounds_into_repetitions, .timeout = 120)
+{
+    char out_dir[] = "/tmp/ksalloc-ab-test.XXXXXX";
+    cr_assert_not_null(mkdtemp(out_dir));
+    char args[1024];
+    snprintf(args, sizeof args,
+             "ab --base %s/lib/plugins/example_plugin.so --new %s/lib/plugins/example_plugin.so --rounds 5 "
+             "--min-time 0.01 --filter 'lifo_pair/plugin-.*/4096$' --out-dir %s --bin %s/bin/ksalloc-bench",
+             KS_BUILD_DIR, KS_BUILD_DIR, out_dir, KS_BUILD_DIR);
+    run_ksalloc(&result, args);
+    cr_assert(result.exit_code == 0 || result.exit_code == 1, "ab did not run:\n%s", result.output);
+    cr_assert_not_null(strstr(result.output, "round 5/5 done"), "%s", result.output);
+    char command[1200];
+    snprintf(command, sizeof command,
+             "/usr/bin/python3 -c 'import json,glob,sys; r=[json.load(open(f)) for f in sorted(glob.glob(\"%s/ab-*.json\"))];"
+             "sys.exit(0 if len(r)==2 and all(len(x[\"benchmarks\"])==5 and x[\"context\"][\"repetitions_interleaved\"]==\"yes\""
+             " and sorted(b[\"repetition_index\"] for b in x[\"benchmarks\"])==[0,1,2,3,4] and all(\"/plugin/\" in b[\"name\"] for b in x[\"benchmarks\"]) for x in r) else 1)'",
+             out_dir);
+    cr_assert_eq(system(command), 0, "the merged reports in %s are not five interleaved repetitions a side", out_dir);
+    snprintf(command, sizeof command, "rm -rf '%s'", out_dir);
+    cr_assert_eq(system(command), 0);
+}

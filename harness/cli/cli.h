@@ -45,7 +45,12 @@ void ks_cli_print_summary(const char *label, const ks_run_stats *stats, uint64_t
 int ks_cmd_list(int argc, char **argv);
 int ks_cmd_run(int argc, char **argv);
 int ks_cmd_replay(int argc, char **argv);
+/* Replaces this process with the bench/ tool (a python3 script when python) given argv[1..]; its
+ * exit code is the command's. Returns KS_EXIT_ERROR only when it cannot be started. */
+int ks_cli_exec_bench_tool(const char *cmd, const char *tool, bool python, int argc, char **argv);
+
 int ks_cmd_compare(int argc, char **argv);
+int ks_cmd_ab(int argc, char **argv);
 int ks_cmd_dma(int argc, char **argv);
 
 #endif

@@ -14,6 +14,7 @@ static const char usage[] =
     "  replay   replay a recorded trace file\n"
     "  dma      the streaming DMA profiles on an emulated device\n"
     "  compare  compare two benchmark reports and gate on regressions\n"
+    "  ab       benchmark two revisions or two plugins in one sitting, interleaved, and gate\n"
     "  help     this text; `ksalloc <command> --help` for a command's options\n";
 
 int main(int argc, char **argv)
@@ -35,7 +36,7 @@ int main(int argc, char **argv)
         const char *name;
         int (*run)(int, char **);
     } commands[] = {{"list", ks_cmd_list},       {"run", ks_cmd_run}, {"replay", ks_cmd_replay},
-                    {"compare", ks_cmd_compare}, {"dma", ks_cmd_dma}};
+                    {"compare", ks_cmd_compare}, {"ab", ks_cmd_ab},     {"dma", ks_cmd_dma}};
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         if (strcmp(command, commands[i].name) == 0)
             return commands[i].run(argc - 1, argv + 1);
