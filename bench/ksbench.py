@@ -85,6 +85,12 @@ class Benchmark:
             return None
         return statistics.median(times) / self.ops_per_iteration()
 
+    def relative_spread(self):
+        """The repetitions' robust relative spread: 1.4826 x the median absolute deviation of the
+        log times, an estimate of their standard deviation as a fraction of the median that one
+        preempted repetition cannot inflate. 0.0 with fewer than two positive times."""
+        return robust_log_spread(self.times_ns())
+
     def counter(self, key):
         """A counter's value: from the median aggregate, else the median over repetitions."""
         if "median" in self.aggregates and key in self.aggregates["median"]:
@@ -155,6 +161,10 @@ class Report:
         return sorted((key[len("ks_skip."):], value) for key, value in self.context.items()
                       if key.startswith("ks_skip."))
 
+    def bound_name(self):
+        """The allocator the run measured as its bound (context ks_baseline), else BASELINE."""
+        return self.context.get("ks_baseline") or BASELINE
+
     def repetitions(self):
         counts = [len(bench.runs) for bench in self.measured()]
         return min(counts) if counts else 0
@@ -199,6 +209,20 @@ def geomean(values):
     return math.exp(sum(math.log(value) for value in values) / len(values))
 
 
+# 1 / the median absolute deviation of a standard normal: makes a MAD a standard deviation.
+MAD_TO_SIGMA = 1.4826
+
+
+def robust_log_spread(values):
+    """1.4826 x MAD of log(values): a standard deviation of the values as a fraction of their
+    median, robust to an outlier. 0.0 with fewer than two positive values."""
+    logs = [math.log(value) for value in values if value > 0]
+    if len(logs) < 2:
+        return 0.0
+    centre = statistics.median(logs)
+    return MAD_TO_SIGMA * statistics.median(abs(value - centre) for value in logs)
+
+
 def groups(report):
     """{group: {allocator: Benchmark}} in report order."""
     result = {}
@@ -236,6 +260,31 @@ def human_time(value_ns):
         if value_ns >= scale:
             return "%.1f %s" % (value_ns / scale, unit)
     return ("%.2f ns" if value_ns < 10 else "%.1f ns") % value_ns
+
+
+def significant(value, digits=3):
+    """A number with `digits` significant digits and no exponent: 0.350, 4.00, 30.0, 1234."""
+    if value is None:
+        return "-"
+    if value == 0 or not math.isfinite(value):
+        return "%g" % value
+    exponent = math.floor(math.log10(abs(value)))
+    rounded = round(value, digits - 1 - exponent)
+    if rounded and math.floor(math.log10(abs(rounded))) > exponent:  # 999.6 -> 1000: one digit fewer
+        exponent += 1
+    return "%.*f" % (max(0, digits - 1 - exponent), value)
+
+
+def precise_time(value_ns, digits=3):
+    """A duration with `digits` significant digits in the largest unit that keeps it at 1 or
+    more: '0.350 ns', '1.82 ns', '44.0 us', '8.10 ms'."""
+    if value_ns is None:
+        return "-"
+    for unit, scale in (("s", 1e9), ("ms", 1e6), ("us", 1e3)):
+        text = significant(value_ns / scale, digits)
+        if abs(float(text)) >= 1:
+            return "%s %s" % (text, unit)
+    return "%s ns" % significant(value_ns, digits)
 
 
 def human_ns(value):

@@ -8,7 +8,15 @@
  *    fails in NEW fails the gate too;
  *  - corrupt, truncated, zero-byte, missing, empty, non-Google-Benchmark and mismatched reports
  *    are refused with exit 2 and a message naming the problem; so are too few repetitions for a
- *    U test to mean anything;
+ *    U test to mean anything, a quick report's single repetition with the fix in the message;
+ *  - the gate's statistics, on the suite generate_gate.py writes: Benjamini-Hochberg keeps a lone
+ *    raw p < 0.05 from failing a 21-benchmark suite but confirms an allocator-wide slowdown, and a
+ *    lone one with 9 repetitions; the noise floor keeps a benchmark with noisy repetitions from
+ *    failing where its quiet neighbours, slowed alike, fail; an A/A pair raises the floor of the
+ *    benchmark it saw move; the relative view passes a machine that is uniformly slower (the
+ *    bound included) and still catches one allocator slowed on it; an allocator slower than its
+ *    peers group by group fails where no single benchmark can be confirmed, and a load that moves
+ *    each group as a whole does not; exit codes are 0, 1 and 2;
  *  - summary.py ranks a report against its baseline, and report.py writes Markdown and plots.
  * Each tool is run as a user would run it, through the shell, with Debian's python3.
  */
@@ -88,14 +96,14 @@ Test(bench_tools, make_compare_gates_a_planted_slowdown)
     cr_assert_neq(result.exit_code, 0, "make compare must fail the gate:\n%s", result.output);
     assert_output_has(&result, "compare] Error 1");
     assert_output_has(&result, "REGRESSED lifo_pair/pool/4096");
-    assert_output_has(&result, "1 of 4 benchmarks slower");
+    assert_output_has(&result, "1 of 3 benchmarks slower");
 }
 
 Test(bench_tools, make_compare_passes_noise)
 {
     run(&result, "make --no-print-directory -s compare BASE=" DATA "base.json NEW=" DATA "noise.json");
     cr_assert_eq(result.exit_code, 0, "noise must pass, got %d:\n%s", result.exit_code, result.output);
-    assert_output_has(&result, "0 of 4 benchmarks slower");
+    assert_output_has(&result, "0 of 3 benchmarks slower");
 }
 
 Test(bench_tools, compare_names_only_the_slowed_benchmark)
@@ -133,7 +141,7 @@ Test(bench_tools, compare_does_not_call_a_speedup_a_regression)
 {
     compare(&result, "slow.json", "base.json", "");
     cr_assert_eq(result.exit_code, 0, "%s", result.output);
-    assert_output_has(&result, "0 of 4 benchmarks slower");
+    assert_output_has(&result, "0 of 3 benchmarks slower");
 }
 
 Test(bench_tools, compare_threshold_above_the_slowdown_passes)
@@ -148,6 +156,211 @@ Test(bench_tools, compare_reports_the_per_allocator_geometric_mean)
     assert_output_has(&result, "per allocator: geometric mean");
     /* pool: lifo_pair slowed 1.30x, mt_all2all unchanged: sqrt(1.30) = 1.140 */
     assert_output_has(&result, "pool                     1.140x");
+}
+
+/* Time columns: 3 significant digits per operation, so a change is visible in the figures. */
+Test(bench_tools, compare_prints_times_with_three_significant_digits)
+{
+    char command[1024];
+    snprintf(command, sizeof command, "%s bench/compare.py '%sbase.json' '%sslow.json'", python(), DATA, DATA);
+    run(&result, command);
+    cr_assert_eq(result.exit_code, 1, "%s", result.output);
+    /* the table row, then the gate's line: 2.80 and 3.64 ns per iteration of two operations */
+    const char *row = strstr(result.output, "\nlifo_pair/pool/4096 ");
+    cr_assert_not_null(row, "no table row for lifo_pair/pool/4096:\n%s", result.output);
+    const char *end = strchr(row + 1, '\n');
+    char line[512];
+    snprintf(line, sizeof line, "%.*s", (int)(end ? end - row - 1 : 200), row + 1);
+    cr_assert(strstr(line, "1.40 ns") && strstr(line, "1.82 ns") && strstr(line, "1.300x"), "table row: %s", line);
+    assert_output_has(&result, "REGRESSED lifo_pair/pool/4096                                1.300x");
+    assert_output_has(&result, "1.40 ns -> 1.82 ns");
+}
+
+/* ---- The gate's statistics (tests/data/bench/generate_gate.py: 21 benchmarks) ------------------- */
+
+/* One benchmark 1.30x slower, 5 repetitions, 0.3% apart: a U test gives raw p = 1/252, which an
+ * uncorrected gate fails; over the 18 benchmarks gated (the 3 bounds are the reference) its q is
+ * 18/252 = 0.071, not confirmed. */
+Test(bench_tools, gate_does_not_confirm_a_lone_raw_p_over_the_suite)
+{
+    compare(&result, "gate_base.json", "gate_lone.json", "");
+    cr_assert_eq(result.exit_code, 0, "a lone raw p of 0.004 among 21 benchmarks must not fail:\n%s", result.output);
+    assert_output_has(&result, "unproven  lifo_pair/tlsf/4096");
+    assert_output_has(&result, "p=0.0040 q=0.0714");
+    assert_output_has(&result, "q < 0.05 needs at least 2 of them to regress together");
+}
+
+/* The same slowdown in all three of tlsf's benchmarks: q = 0.004 x 18 / 3 = 0.024, confirmed. */
+Test(bench_tools, gate_confirms_an_allocator_wide_slowdown)
+{
+    compare(&result, "gate_base.json", "gate_allocator.json", "");
+    cr_assert_eq(result.exit_code, 1, "%s", result.output);
+    assert_output_has(&result, "gate: 3 of 18 benchmarks slower");
+    assert_output_has(&result, "REGRESSED lifo_pair/tlsf/4096                                1.300x  needs +10.0%  "
+                               "p=0.0040 q=0.0238");
+    assert_output_has(&result, "REGRESSED random_churn/tlsf/4096");
+    assert_output_has(&result, "REGRESSED stream_ring/tlsf/4096");
+}
+
+/* With 9 repetitions the lone slowdown has p = 1/48620 and is confirmed on its own. */
+Test(bench_tools, gate_confirms_a_lone_slowdown_with_nine_repetitions)
+{
+    compare(&result, "gate_base9.json", "gate_lone9.json", "");
+    cr_assert_eq(result.exit_code, 1, "%s", result.output);
+    assert_output_has(&result, "gate: 1 of 18 benchmarks slower");
+    assert_output_has(&result, "REGRESSED lifo_pair/tlsf/4096");
+}
+
+/* random_churn/{pool,tlsf,jemalloc} 1.35x slower. jemalloc's repetitions spread +-14%: they still
+ * separate (p = 0.004, q = 0.024), but 1.35x is within 3 x its noise floor (+56.9%). */
+Test(bench_tools, noise_floor_keeps_a_noisy_benchmark_from_failing)
+{
+    compare(&result, "gate_base.json", "gate_noisy.json", "");
+    cr_assert_eq(result.exit_code, 1, "%s", result.output);
+    assert_output_has(&result, "gate: 2 of 18 benchmarks slower");
+    assert_output_has(&result, "REGRESSED random_churn/pool/4096");
+    assert_output_has(&result, "REGRESSED random_churn/tlsf/4096");
+    cr_assert_null(strstr(result.output, "REGRESSED random_churn/jemalloc"), "%s", result.output);
+    assert_output_has(&result, "in noise  random_churn/jemalloc/4096                         1.350x  needs +56.9%");
+}
+
+/* An A/A pair that saw lifo_pair/tlsf/4096 move 1.35x between two runs of one build: its 1.30x in
+ * NEW is within 3 x that; the other two tlsf benchmarks still fail. */
+Test(bench_tools, aa_pair_raises_the_floor_of_what_it_saw_move)
+{
+    compare(&result, "gate_base.json", "gate_allocator.json",
+            "--aa '" DATA "gate_base.json' '" DATA "gate_aa2.json'");
+    cr_assert_eq(result.exit_code, 1, "%s", result.output);
+    assert_output_has(&result, "gate: 2 of 18 benchmarks slower");
+    cr_assert_null(strstr(result.output, "REGRESSED lifo_pair/tlsf"), "%s", result.output);
+    assert_output_has(&result, "in noise  lifo_pair/tlsf/4096                                1.300x  needs +146.0%");
+    assert_output_has(&result, "REGRESSED random_churn/tlsf/4096");
+    assert_output_has(&result, "A/A floor from");
+}
+
+/* Everything 1.40x slower, the bound included, on a host and CPU named differently: the relative
+ * view is chosen, says that the bound moved, and passes. The absolute view would fail it all. */
+Test(bench_tools, relative_view_passes_a_uniformly_slower_machine)
+{
+    compare(&result, "gate_base.json", "gate_other_host.json", "");
+    cr_assert_eq(result.exit_code, 0, "%s", result.output);
+    assert_output_has(&result, "view: ratios to the bound of the same run, because the reports come from different machines");
+    assert_output_has(&result, "the bound (inline_freelist) moved 1.400x");
+    assert_output_has(&result, "absolute times were not gated");
+    assert_output_has(&result, "gate: 0 of 18 benchmarks relative to the bound slower");
+
+    compare(&result, "gate_base.json", "gate_other_host.json", "--absolute");
+    cr_assert_eq(result.exit_code, 1, "the fixture must fail an absolute gate:\n%s", result.output);
+    assert_output_has(&result, "gate: 20 of 21 benchmarks slower"); /* all but the noisy jemalloc */
+}
+
+/* On that slower machine pool is a further 1.15x slower: its three benchmarks fail, nothing else. */
+Test(bench_tools, relative_view_catches_one_allocator_on_a_slower_machine)
+{
+    compare(&result, "gate_base.json", "gate_other_host_pool.json", "");
+    cr_assert_eq(result.exit_code, 1, "%s", result.output);
+    assert_output_has(&result, "gate: 3 of 18 benchmarks relative to the bound slower");
+    assert_output_has(&result, "REGRESSED lifo_pair/pool/4096                                1.150x");
+    assert_output_has(&result, "4.00x -> 4.60x bound");
+    int flagged = 0;
+    for (const char *at = result.output; (at = strstr(at, "REGRESSED ")) != NULL; at++)
+        flagged += strncmp(at + strlen("REGRESSED "), "lifo_pair/pool/", 15) != 0 &&
+                   strncmp(at + strlen("REGRESSED "), "random_churn/pool/", 18) != 0 &&
+                   strncmp(at + strlen("REGRESSED "), "stream_ring/pool/", 17) != 0;
+    cr_assert_eq(flagged, 0, "only pool may be flagged:\n%s", result.output);
+}
+
+/* Same host, everything 1.40x: the bound moved by more than THRESHOLD over the suite, so the
+ * machine changed and the ratio to the bound is the judge. */
+Test(bench_tools, a_bound_that_moved_selects_the_relative_view)
+{
+    compare(&result, "gate_base.json", "gate_slower_box.json", "");
+    cr_assert_eq(result.exit_code, 0, "%s", result.output);
+    assert_output_has(&result, "because the bound moved 1.400x over the suite, more than THRESHOLD");
+    assert_output_has(&result, "bound moved  lifo_pair 4 KiB                          1.400x");
+}
+
+/* On one machine a benchmark fails only when its time and its ratio to the bound both moved. A
+ * load on one workload (its bound included) moves the times alone; a blip of one bound moves
+ * the ratios alone: neither fails, both are listed. A view alone would fail each. */
+Test(bench_tools, on_one_machine_both_views_must_show_a_slowdown)
+{
+    compare(&result, "gate_base.json", "gate_group_load.json", "");
+    cr_assert_eq(result.exit_code, 0, "%s", result.output);
+    assert_output_has(&result, "a benchmark fails only when both show it");
+    assert_output_has(&result, "6 slower in one view only");
+    assert_output_has(&result, "one view  lifo_pair/pool/4096                                1.300x");
+    compare(&result, "gate_base.json", "gate_group_load.json", "--absolute");
+    cr_assert_eq(result.exit_code, 1, "the times alone must fail:\n%s", result.output);
+
+    compare(&result, "gate_base.json", "gate_bound_blip.json", "");
+    cr_assert_eq(result.exit_code, 0, "%s", result.output);
+    assert_output_has(&result, "vs bound 1.282x");
+    compare(&result, "gate_base.json", "gate_bound_blip.json", "--relative");
+    cr_assert_eq(result.exit_code, 1, "the ratios alone must fail:\n%s", result.output);
+}
+
+/* pool 1.15x slower in all 10 groups of the wide suite, 4 repetitions: no benchmark can be
+ * confirmed on its own (q >= 0.057), but against its peers, group by group, pool moved alone
+ * (signed-rank p = 2^-10). */
+Test(bench_tools, allocator_slower_than_its_peers_fails_the_gate)
+{
+    compare(&result, "gate_wide_base.json", "gate_wide_pool.json", "");
+    cr_assert_eq(result.exit_code, 1, "%s", result.output);
+    assert_output_has(&result, "gate: 0 of 40 benchmarks slower");
+    assert_output_has(&result, "1 of 5 allocators slower than their peers");
+    assert_output_has(&result, "REGRESSED allocator pool                                     1.150x its peers' change "
+                               "(median over 10 groups)  p=9.8e-04 q=0.0049");
+    assert_output_has(&result, "unproven  fifo_batch/pool/64");
+}
+
+/* A load that slows each group by its own factor, bound included (1.00x to 1.36x): every
+ * allocator moved with its peers and with its bound, so nothing regressed. */
+Test(bench_tools, uneven_load_on_the_machine_is_not_a_regression)
+{
+    compare(&result, "gate_wide_base.json", "gate_wide_load.json", "");
+    cr_assert_eq(result.exit_code, 0, "%s", result.output);
+    assert_output_has(&result, "0 of 5 allocators slower than their peers");
+    compare(&result, "gate_wide_base.json", "gate_wide_load.json", "--absolute");
+    cr_assert_eq(result.exit_code, 1, "the fixture must fail an absolute per-benchmark gate:\n%s", result.output);
+}
+
+/* A quick report (1 repetition) has no noise floor and no U test: refused, with the fix; with
+ * --threshold-only it is compared on the threshold. */
+Test(bench_tools, one_repetition_is_refused_with_the_fix)
+{
+    compare(&result, "gate_quick.json", "gate_quick_slow.json", "");
+    cr_assert_eq(result.exit_code, 2, "%s", result.output);
+    assert_output_has(&result, "1 repetition in BASE and NEW");
+    assert_output_has(&result, "make bench-quick BENCH_ARGS=--benchmark_repetitions=5");
+    assert_output_has(&result, "pass --threshold-only");
+
+    compare(&result, "gate_base.json", "gate_quick.json", "");
+    cr_assert_eq(result.exit_code, 2, "%s", result.output);
+    assert_output_has(&result, "1 repetition in NEW");
+
+    compare(&result, "gate_quick.json", "gate_quick_slow.json", "--threshold-only");
+    cr_assert_eq(result.exit_code, 1, "%s", result.output);
+    assert_output_has(&result, "no noise floor: 1 repetition in BASE and NEW");
+    assert_output_has(&result, "REGRESSED lifo_pair/pool/4096");
+    compare(&result, "gate_quick.json", "gate_quick.json", "--threshold-only");
+    cr_assert_eq(result.exit_code, 0, "%s", result.output);
+}
+
+/* The documented exit codes, from compare.py itself: 0 clean, 1 regression, 2 unusable input or
+ * usage (a crash of the tool is 2 too, never a "regression"). */
+Test(bench_tools, compare_exits_0_1_or_2)
+{
+    compare(&result, "gate_base.json", "gate_base.json", "");
+    cr_assert_eq(result.exit_code, 0, "%s", result.output);
+    compare(&result, "gate_base.json", "gate_allocator.json", "");
+    cr_assert_eq(result.exit_code, 1, "%s", result.output);
+    compare(&result, "gate_base.json", "corrupt.json", "");
+    cr_assert_eq(result.exit_code, 2, "%s", result.output);
+    compare(&result, "gate_base.json", "gate_base.json", "--alpha 2");
+    cr_assert_eq(result.exit_code, 2, "%s", result.output);
+    compare(&result, "gate_base.json", "gate_base.json", "--no-such-flag");
+    cr_assert_eq(result.exit_code, 2, "%s", result.output);
 }
 
 /* ---- Inputs that must be refused ------------------------------------------------------------------ */

@@ -12,7 +12,7 @@
 static const char usage[] =
     "usage: ksalloc ab --base A --new B [--rounds N] [--filter REGEX] [--min-time S] [-- compare options]\n"
     "  A, B               two git revisions of this tree (HEAD, a branch, a sha) or two PLUGIN.so\n"
-    "  --rounds N         interleaved rounds, each one repetition a side (5..50, default 5)\n"
+    "  --rounds N         interleaved rounds, each one repetition a side (5..50, default 9)\n"
     "  --filter REGEX     the benchmarks (Google Benchmark's --benchmark_filter)\n"
     "  --min-time S       seconds per benchmark and round (default 0.05)\n"
     "exit: 0 no regression, 1 a regression, 2 bad input\n";
