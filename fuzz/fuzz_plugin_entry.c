@@ -2,13 +2,14 @@
  * fuzz_plugin_entry.c -- plugin metadata, the catalogue entry a plugin hands the host: bytes
  * become a ks_allocator_entry whose fields and strings are fuzzed (ABI version, struct_bytes,
  * name and description -- NULL, empty, long, any bytes --, caps, limits, a dispatch table that
- * is NULL or lacks members), then ks_entry_validate judges it, as ks_plugin_load does.
+ * is NULL or lacks members, an optional bare hook that may lack either function), then ks_entry_validate judges it, as ks_plugin_load does.
  *
  * Checks: validation never crashes or reads a string past its terminator (the strings live in
  * exactly-sized heap buffers, so ASan sees an over-read); it accepts exactly the entries that
  * are valid by an independent statement of the rules in catalogue.h (ABI version, struct_bytes
  * covering everything up to dispatch, a name of 1 to 63 characters of [A-Za-z0-9_-], a
- * non-empty description, all four dispatch members); a refusal is an error status with a
+ * non-empty description, all four dispatch members, a bare hook -- where struct_bytes covers
+ * it -- either absent or with both functions); a refusal is an error status with a
  * message naming the origin. ks_caps_describe of the fuzzed caps always terminates its output,
  * even in a buffer one byte long.
  */
@@ -88,10 +89,29 @@ static bool entry_valid(const ks_allocator_entry *entry)
     const KSALLOCATOR_DISPATCH *dispatch = entry->dispatch;
     return entry->abi_version == KSALLOC_ABI_VERSION && entry->struct_bytes >= minimum_bytes &&
            name_valid(entry->name) && entry->description != NULL && entry->description[0] != '\0' && dispatch &&
-           dispatch->InitializeAllocator && dispatch->DeleteAllocator && dispatch->Allocate && dispatch->Free;
+           dispatch->InitializeAllocator && dispatch->DeleteAllocator && dispatch->Allocate && dispatch->Free &&
+           (entry->struct_bytes < offsetof(ks_allocator_entry, bare) + sizeof entry->bare || entry->bare == NULL ||
+            (entry->bare->allocate != NULL && entry->bare->free != NULL));
 }
 
-static void decode_entry(ks_byte_reader *reader, ks_allocator_entry *entry, KSALLOCATOR_DISPATCH *dispatch)
+static void *stub_bare_allocate(size_t frame_bytes, size_t align_bytes)
+{
+    (void)frame_bytes;
+    (void)align_bytes;
+    return NULL;
+}
+
+static void stub_bare_free(void *frame, size_t frame_bytes, size_t align_bytes)
+{
+    (void)frame;
+    (void)frame_bytes;
+    (void)align_bytes;
+}
+
+/* members: bits 0-3 drop a dispatch function, bit 4 the dispatch table; bit 5 adds a bare hook,
+ * bits 6 and 7 drop its allocate and free. */
+static void decode_entry(ks_byte_reader *reader, ks_allocator_entry *entry, KSALLOCATOR_DISPATCH *dispatch,
+                         ks_bare_ops *bare)
 {
     uint8_t shape = ks_reader_u8(reader);
     memset(entry, 0, sizeof *entry);
@@ -108,6 +128,9 @@ static void decode_entry(ks_byte_reader *reader, ks_allocator_entry *entry, KSAL
         .Free = (members & 0x08) ? NULL : stub_free,
     };
     entry->dispatch = (members & 0x10) ? NULL : dispatch;
+    *bare = (ks_bare_ops){.allocate = (members & 0x40) ? NULL : stub_bare_allocate,
+                          .free = (members & 0x80) ? NULL : stub_bare_free};
+    entry->bare = (members & 0x20) ? bare : NULL;
     entry->name = decode_string(reader);
     entry->description = decode_string(reader);
 }
@@ -128,7 +151,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     ks_byte_reader reader = {.data = data, .size_bytes = size, .offset = 0};
     ks_allocator_entry entry;
     KSALLOCATOR_DISPATCH dispatch;
-    decode_entry(&reader, &entry, &dispatch);
+    ks_bare_ops bare;
+    decode_entry(&reader, &entry, &dispatch, &bare);
     ks_error err;
     ks_error_clear(&err);
     NTSTATUS status = ks_entry_validate(&entry, ORIGIN, &err);
