@@ -39,37 +39,55 @@
  * The tcache decision. jemalloc's automatic per-thread tcache must not be used: its bins are
  * per size class, not per arena, so an automatic tcache would hand this instance frames of other
  * arenas and keep frames of this arena cached after the arena is reset (jemalloc requires every
- * tcache that touched an arena to be flushed before arena.<i>.reset or .destroy). That leaves two
- * choices: MALLOCX_TCACHE_NONE, where every Allocate and Free takes the arena's bin or extent
- * mutex (thread-safe; measured with jemalloc 5.3 on x86-64, 90 to 175 ns per op for frames of
- * 64 B to 4 KiB against about 20 ns with a tcache, and the same cost either way above
- * opt.tcache_max, 32 KiB by default, where no tcache is used), or one explicit tcache per
- * instance ("tcache.create"), which keeps jemalloc's real fast path (a lock-free pop from a
- * thread cache) but may be used by one thread at a time. The dispatch contract already says an
- * instance without KS_CAP_THREAD_SAFE is driven by one thread at a time, which is exactly the
- * tcache's rule, and it is the jemalloc that users measure in production; so the entry does NOT
- * claim KS_CAP_THREAD_SAFE and an instance gets an explicit tcache -- but only at its
- * KS_JEMALLOC_TCACHE_AFTER_ALLOCS-th Allocate, before which it runs on MALLOCX_TCACHE_NONE. An
- * explicit tcache costs about 55 us to create and destroy (its bin stacks are a zeroed 32 KiB
- * allocation: a madvise to zero it, page faults to touch it), which the tcache earns back at
- * some 100 ns a call only after a few hundred calls; and it cannot be parked with the arena, as
- * jemalloc 5's "tcache.flush" of an explicit tcache destroys it and creates it again on next use.
- * Frames allocated before the switch are freed through the tcache, which is fine: they are of
- * the same arena. If jemalloc has no explicit tcache left (it has 4093), the instance stays on
- * MALLOCX_TCACHE_NONE; counters say which. The tcache is destroyed (flushed) before the reset.
+ * tcache that touched an arena to be flushed before arena.<i>.reset or .destroy). Without a
+ * tcache (MALLOCX_TCACHE_NONE) every Allocate and Free takes the arena's bin or extent mutex:
+ * thread-safe, but measured with jemalloc 5.3 on x86-64 at 90 to 175 ns per op for frames of 64 B
+ * to 4 KiB against about 20 ns with a tcache (and the same either way above opt.tcache_max, 32 KiB
+ * by default, where no tcache is used). So every thread that calls an instance gets an explicit
+ * tcache of its own for it ("tcache.create"), which keeps jemalloc's real fast path (a lock-free
+ * pop from a thread cache) and honours jemalloc's rule that an explicit tcache is used by one
+ * thread at a time. That is what makes the instance KS_CAP_THREAD_SAFE with no lock of ours on
+ * the fast path: a thread finds its tcache for the instance in a small thread-local table keyed
+ * by the instance's serial number (a hit is one compare), and only a miss takes the instance's
+ * mutex to find or make the thread's record. A frame freed by another thread goes into that
+ * thread's tcache, which is fine: it is of the same arena. A thread gets its tcache only at its
+ * KS_JEMALLOC_TCACHE_AFTER_CALLS-th call (Allocate or Free) of the instance, before which it runs
+ * on MALLOCX_TCACHE_NONE: an explicit tcache costs about 55 us to create and destroy (its bin
+ * stacks are a zeroed 32 KiB allocation: a madvise to zero it, page faults to touch it), which it
+ * earns back at some 100 ns a call only after a few hundred calls; and it cannot be parked with
+ * the arena, as jemalloc 5's "tcache.flush" of an explicit tcache destroys it and creates it
+ * again on next use. Frames allocated before the switch are freed through the tcache, which is
+ * fine. If jemalloc has no explicit tcache left (it has 4093), the thread stays on
+ * MALLOCX_TCACHE_NONE; counters say how many tcaches the instance has. Every tcache of the
+ * instance is destroyed (flushed) at DeleteAllocator, before the reset; a thread that exits
+ * leaves its tcache with the instance until then.
+ *
+ * Frame counts. Each thread's record counts the frames it allocated and freed, written by that
+ * thread alone (a relaxed load and store, no locked instruction); frames_live is their sum. The
+ * peak that feeds the arena's dirty_bytes_estimate is the sum of each thread's own peak of
+ * allocations minus frees: exact for one thread, an overestimate when threads free each other's
+ * frames (a producer's count only grows), which costs at worst a purge before parking.
  *
  * Shared heap (KS_CAP_SHARED_HEAP | KS_CAP_ANY_SIZE): when the pin has a heap, all jemalloc
  * instances on it share one arena, taken by the first heap->attach("jemalloc") and reset and
  * parked by the last detach; the heap's mmap'ed region itself is not used, the arena is the
  * shared pool. Pins of any FrameSize may share it. An arena shared by live instances cannot be
- * reset to drop one instance's frames, so in this mode the instance tracks its live frames
- * in a hash set beside them (frame_set.c) and frees them one by one at DeleteAllocator; the set also turns a
- * Free of a frame that is not live into a counted no-op. Private instances track nothing.
+ * reset to drop one instance's frames, so in this mode the instance tracks its live frames in the
+ * sharded hash set beside them (frame_set.c: one spinlock per shard) and frees them one by one at
+ * DeleteAllocator; the set also turns a Free of a frame that is not live into a counted no-op.
+ * Private instances track nothing.
+ *
+ * Bare: the entry's `bare` hook is jemalloc as its users call it -- mallocx(size,
+ * MALLOCX_ALIGN(a)) and sdallocx with the same size and flags, on jemalloc's automatic arenas and
+ * tcache, which are the process's malloc here -- so that the benchmarks show what the instance's
+ * contract costs.
  *
  * Complexity: Allocate and Free are jemalloc's: O(1) tcache pop/push on a hit, an arena refill
  * or flush (amortised over a batch) on a miss, a bin lock before the tcache starts; large frames
- * (above opt.tcache_max) go to the arena's extent allocator. Shared mode adds an expected O(1)
- * set operation.
+ * (above opt.tcache_max) go to the arena's extent allocator. Ours: a thread-local lookup (one
+ * compare on a hit) and two single-writer counter updates; a thread's first call of an instance
+ * takes the instance's mutex once. Shared mode adds an expected O(1) set operation under the
+ * frame's shard lock.
  *
  * Complexity of the lifetime: InitializeAllocator takes a parked arena (a lock and a pop) or
  * creates one (mostly mmap work); DeleteAllocator resets it, work in proportion to the slabs and
@@ -79,9 +97,10 @@
  * Memory: jemalloc's size-class rounding (four classes per doubling, so up to 25% over FrameSize
  * once past 128 bytes, more for tiny frames: 17 bytes take 32; an alignment above 16 rounds a
  * small frame up to a multiple of it) and its arena metadata; the explicit tcache holds freed
- * small frames until it fills or is flushed. Shared mode adds 16 to 32 bytes per live frame of
- * set table. Parked arenas keep up to about KS_JEMALLOC_IDLE_ARENAS *
- * KS_JEMALLOC_IDLE_ARENA_MAX_BYTES resident (64 MiB by default), plus their metadata and
+ * small frames until it fills or is flushed, one tcache per thread that used the instance. Per
+ * thread that called the instance, a 64-byte record. Shared mode adds 16 to 32 bytes per live
+ * frame of set table and 64 bytes per shard. Parked arenas keep up to about
+ * KS_JEMALLOC_IDLE_ARENAS * KS_JEMALLOC_IDLE_ARENA_MAX_BYTES resident (64 MiB by default), plus their metadata and
  * retained address space. counters: reserved_bytes is the private arena's mapped bytes
  * ("stats.arenas.<i>.mapped" after an "epoch" refresh; for a reused arena it includes what
  * earlier users left mapped), or in shared mode this instance's share, frames_live * usable
@@ -93,9 +112,12 @@
  * 5.3 has, and falls back to an "epoch" refresh where that is missing: a refresh, which every
  * existing arena makes dearer, ran every 16 ops in the fuzzers.
  *
- * Thread safety: not thread-safe per instance (the explicit tcache). Different instances may run
- * on different threads at once, also on one shared arena: jemalloc locks its arenas, the idle
- * set is under one mutex (the mallctl calls run outside it), and attach/detach are thread-safe.
+ * Thread safety: KS_CAP_THREAD_SAFE: one tcache per thread and instance (above), jemalloc locks
+ * its arenas, the shared-mode set is thread-safe, a thread's record is written by that thread
+ * only. Instances on different threads are independent, also on one shared arena; the idle set
+ * is under one mutex (the mallctl calls run outside it), and attach/detach are thread-safe.
+ * Under TSan, Allocate and Free acquire and release one sync object standing for jemalloc's
+ * internal locks, which TSan cannot see (as mimalloc.c and tcmalloc.c do for theirs).
  * A frame used after its instance's DeleteAllocator now reads or writes a parked arena's pages,
  * or the next instance's frames, where with a destroyed arena it would mostly have faulted on an
  * unmapped page; nothing in the contract allows that use.
@@ -108,11 +130,13 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "frame_set.h"
 #include "framing.h"
 #include "jemalloc_idle.h"
 #include "ksalloc.h"
+#include "sanitizers.h"
 
 #ifndef KS_JEMALLOC_DEFAULT_FRAME_BYTES
 #define KS_JEMALLOC_DEFAULT_FRAME_BYTES 4096u
@@ -131,9 +155,32 @@
 #ifndef KS_JEMALLOC_IDLE_ARENA_MAX_BYTES
 #define KS_JEMALLOC_IDLE_ARENA_MAX_BYTES ((size_t)8 << 20)
 #endif
-/* Allocations an instance makes without a tcache before it creates one; 0: from the start. */
-#ifndef KS_JEMALLOC_TCACHE_AFTER_ALLOCS
-#define KS_JEMALLOC_TCACHE_AFTER_ALLOCS 256u
+/* Calls (Allocate or Free) a thread makes of an instance without a tcache before it creates one
+ * for it; 0: from the first call. */
+#ifndef KS_JEMALLOC_TCACHE_AFTER_CALLS
+#define KS_JEMALLOC_TCACHE_AFTER_CALLS 256u
+#endif
+/* The thread-local table of a thread's records, by instance serial: a power of two. A thread that
+ * uses more instances than this at once still works, through the instance's mutex more often. */
+#ifndef KS_JEMALLOC_THREAD_SLOTS
+#define KS_JEMALLOC_THREAD_SLOTS 8u
+#endif
+
+#if KS_TSAN
+/* TSan's synchronisation annotations (sanitizer/tsan_interface.h, declared here because Debian's
+ * gcc ships no sanitizer headers). One object stands for jemalloc's internal locks and atomics,
+ * which TSan cannot see because the library is not instrumented (mallocx and sdallocx are not
+ * intercepted): every Free releases it before the frame goes back to jemalloc, every Allocate
+ * acquires it after a frame comes out, so all accesses to a frame before its Free happen before
+ * all accesses after its reuse on another thread. */
+void __tsan_acquire(void *addr);
+void __tsan_release(void *addr);
+static char jemalloc_tsan_sync;
+#define JEMALLOC_FRAME_ACQUIRED() __tsan_acquire(&jemalloc_tsan_sync)
+#define JEMALLOC_FRAME_RELEASED() __tsan_release(&jemalloc_tsan_sync)
+#else
+#define JEMALLOC_FRAME_ACQUIRED() ((void)0)
+#define JEMALLOC_FRAME_RELEASED() ((void)0)
 #endif
 
 /* The family name under which instances share a heap's arena. */
@@ -144,6 +191,7 @@ _Static_assert(KS_JEMALLOC_MAX_ALIGN_BYTES <= INT_MAX, "MALLOCX_ALIGN takes the 
 _Static_assert(KS_JEMALLOC_DEFAULT_FRAME_BYTES <= KS_JEMALLOC_MAX_FRAME_BYTES, "default frame within the limit");
 _Static_assert(KS_JEMALLOC_MAX_FRAME_BYTES <= ULONG_MAX, "FrameSize is a ULONG");
 _Static_assert(KS_JEMALLOC_IDLE_ARENAS <= 64, "the idle set is copied on the stack: keep it small");
+_Static_assert((KS_JEMALLOC_THREAD_SLOTS & (KS_JEMALLOC_THREAD_SLOTS - 1)) == 0, "thread slots: a power of two");
 
 
 /* ---- Statistics ----------------------------------------------------------------------------- */
@@ -328,22 +376,75 @@ static void jemalloc_shared_destroy(ks_heap *heap, void *state)
     free(shared);
 }
 
+/* ---- Threads ------------------------------------------------------------------------------------ */
+
+/* Instances and threads are told apart by serial numbers, never reused (an address or a pthread_t
+ * may be); 0 is never handed out, so a zeroed thread-local slot matches no instance. */
+static atomic_uint_fast64_t jemalloc_next_serial = 1;
+static _Thread_local uint64_t jemalloc_thread_serial;
+
+static uint64_t jemalloc_new_serial(void)
+{
+    return (uint64_t)atomic_fetch_add_explicit(&jemalloc_next_serial, 1, memory_order_relaxed);
+}
+
+static uint64_t jemalloc_current_thread(void)
+{
+    if (jemalloc_thread_serial == 0)
+        jemalloc_thread_serial = jemalloc_new_serial();
+    return jemalloc_thread_serial;
+}
+
+/* A counter only its owner thread writes: a relaxed load and store, plain moves with no lock
+ * prefix, which other threads may read at any time without a data race. */
+static inline void jemalloc_count(atomic_ullong *counter)
+{
+    atomic_store_explicit(counter, atomic_load_explicit(counter, memory_order_relaxed) + 1, memory_order_relaxed);
+}
+
+/* One thread's use of one instance, on a cache line of its own (its owner writes its counts on
+ * every call). The owner thread alone writes it after it is linked (the instance's
+ * DeleteAllocator reads it when no callback runs); the atomics are read by counters() at any
+ * time. */
+typedef struct jemalloc_thread_use {
+    _Alignas(64) int flags;       /* owner only: placement | MALLOCX_TCACHE(tcache_index) or _NONE */
+    unsigned calls_before_tcache; /* owner only: counts down to the explicit tcache; 0 once decided */
+    atomic_ullong allocs;         /* frames this thread allocated from the instance */
+    atomic_ullong frees;          /* frames this thread freed to it */
+    atomic_ullong live_peak;      /* the most allocs - frees has been (a producer's only grows) */
+    atomic_bool has_tcache;
+    unsigned tcache_index;              /* valid once has_tcache */
+    uint64_t thread_serial;             /* the owner; set at creation */
+    struct jemalloc_thread_use *next;   /* the instance's list, under its uses_lock */
+} jemalloc_thread_use;
+
+/* The calling thread's records of the instances it called last, by instance serial. A slot holds
+ * the serial next to the pointer so that a slot left by a deleted instance never matches (its
+ * record is gone; the serial is never reused). */
+typedef struct jemalloc_thread_slot {
+    uint64_t instance_serial;
+    jemalloc_thread_use *use;
+} jemalloc_thread_slot;
+
+_Static_assert(sizeof(jemalloc_thread_use) == 64, "a thread's record is one cache line");
+
+static _Thread_local jemalloc_thread_slot jemalloc_thread_slots[KS_JEMALLOC_THREAD_SLOTS];
+
 /* ---- The instance --------------------------------------------------------------------------- */
 
 typedef struct jemalloc_instance {
-    int flags;           /* first: the fast path reads it, frame_bytes and (shared) the set */
+    uint64_t serial; /* first: the fast path compares it with the thread's slot */
     size_t frame_bytes;
-    ks_heap *heap;       /* the shared heap, or NULL for a private arena */
-    uint64_t frames_live;
-    uint64_t frames_peak; /* the most frames live at once: for the arena's dirty_bytes_estimate */
-    ks_frame_set live;   /* shared mode only: frames to free at DeleteAllocator */
-    size_t usable_bytes; /* the size class a frame really occupies */
+    int placement;                /* MALLOCX_ALIGN | MALLOCX_ARENA: where frames come from */
+    ks_heap *heap;                /* the shared heap, or NULL for a private arena */
+    ks_sharded_frame_set live;    /* shared mode only: frames to free at DeleteAllocator */
+    size_t usable_bytes;          /* the size class a frame really occupies */
     size_t align_bytes;
-    jemalloc_arena arena; /* private: the instance's; shared: a copy of the heap's, read-only */
+    jemalloc_arena arena;         /* private: the instance's; shared: a copy of the heap's, read-only */
     jemalloc_shared_arena *shared; /* shared mode only */
-    unsigned allocs_before_tcache; /* counts down to the explicit tcache; 0 once it is decided */
-    unsigned tcache_index;
-    bool has_tcache;
+    pthread_mutex_t uses_lock;    /* guards the list of uses (not what a use holds) */
+    jemalloc_thread_use *uses;    /* one per thread that called the instance */
+    atomic_ullong frees_unrecorded; /* frees by a thread whose record could not be allocated */
 } jemalloc_instance;
 
 static const ks_framing_rules jemalloc_framing_rules = {
@@ -354,17 +455,33 @@ static const ks_framing_rules jemalloc_framing_rules = {
     .min_align_bytes = 1, /* MALLOCX_ALIGN(1) is no constraint */
 };
 
+/* Frames live and the peak estimate (top comment), summed over the threads' records. */
+static void jemalloc_frame_counts(jemalloc_instance *instance, uint64_t *frames_live, uint64_t *frames_peak)
+{
+    uint64_t allocs = 0, frees = atomic_load_explicit(&instance->frees_unrecorded, memory_order_relaxed), peak = 0;
+    pthread_mutex_lock(&instance->uses_lock);
+    for (const jemalloc_thread_use *use = instance->uses; use != NULL; use = use->next) {
+        allocs += atomic_load_explicit(&use->allocs, memory_order_relaxed);
+        frees += atomic_load_explicit(&use->frees, memory_order_relaxed);
+        peak += atomic_load_explicit(&use->live_peak, memory_order_relaxed);
+    }
+    pthread_mutex_unlock(&instance->uses_lock);
+    *frames_live = allocs > frees ? allocs - frees : 0; /* read while threads run, a snapshot */
+    if (frames_peak != NULL)
+        *frames_peak = peak;
+}
+
 /* Joins the heap's shared arena (with a live-frame set), or takes a private one. */
 static NTSTATUS jemalloc_open_arena(jemalloc_instance *instance, const KSPIN *pin)
 {
     if (pin == NULL || pin->heap == NULL)
         return jemalloc_arena_take(&instance->arena) ? STATUS_SUCCESS : STATUS_INSUFFICIENT_RESOURCES;
-    if (!ks_frame_set_init(&instance->live, KS_FRAME_SET_MIN_CAPACITY))
+    if (!ks_sharded_frame_set_init(&instance->live))
         return STATUS_INSUFFICIENT_RESOURCES;
     void *state = NULL;
     NTSTATUS status = pin->heap->attach(pin->heap, JEMALLOC_HEAP_FAMILY, jemalloc_shared_create, NULL, &state);
     if (!NT_SUCCESS(status)) {
-        ks_frame_set_destroy(&instance->live);
+        ks_sharded_frame_set_destroy(&instance->live);
         return status;
     }
     instance->heap = pin->heap;
@@ -374,9 +491,9 @@ static NTSTATUS jemalloc_open_arena(jemalloc_instance *instance, const KSPIN *pi
 }
 
 /* Every tcache that touched the arena is flushed by now. */
-static void jemalloc_close_arena(jemalloc_instance *instance)
+static void jemalloc_close_arena(jemalloc_instance *instance, uint64_t frames_peak)
 {
-    size_t peak_bytes = instance->frames_peak * instance->usable_bytes;
+    size_t peak_bytes = frames_peak * instance->usable_bytes;
     if (instance->heap == NULL) {
         if (peak_bytes > instance->arena.dirty_bytes_estimate)
             instance->arena.dirty_bytes_estimate = peak_bytes;
@@ -384,27 +501,62 @@ static void jemalloc_close_arena(jemalloc_instance *instance)
         return;
     }
     atomic_fetch_add(&instance->shared->peak_bytes_sum, peak_bytes);
-    ks_frame_set_destroy(&instance->live);
+    ks_sharded_frame_set_destroy(&instance->live);
     instance->heap->detach(instance->heap, JEMALLOC_HEAP_FAMILY, jemalloc_shared_destroy);
 }
 
-/* The flags that say where a frame comes from: alignment and arena. */
-static int jemalloc_placement(const jemalloc_instance *instance)
+/* From here on this thread's Allocates and Frees of the instance go through an explicit tcache
+ * of their own; if jemalloc has none left, the thread stays on MALLOCX_TCACHE_NONE. */
+static void jemalloc_start_tcache(const jemalloc_instance *instance, jemalloc_thread_use *use)
 {
-    return MALLOCX_ALIGN(instance->align_bytes) | MALLOCX_ARENA(instance->arena.index);
+    unsigned tcache_index = 0;
+    size_t index_bytes = sizeof tcache_index;
+    use->calls_before_tcache = 0;
+    if (mallctl("tcache.create", &tcache_index, &index_bytes, NULL, 0) != 0 || index_bytes != sizeof tcache_index)
+        return;
+    use->tcache_index = tcache_index;
+    use->flags = instance->placement | MALLOCX_TCACHE(tcache_index);
+    atomic_store_explicit(&use->has_tcache, true, memory_order_release);
 }
 
-/* From here on Allocate and Free go through an explicit tcache of the instance's own; frames
- * allocated before are freed through it too, which is fine: they are of the same arena. If
- * jemalloc has no explicit tcache left, the instance stays on MALLOCX_TCACHE_NONE. */
-static void jemalloc_start_tcache(jemalloc_instance *instance)
+/* The calling thread's record for the instance when the thread-local slot missed: found in the
+ * instance's list, or made; the slot then points at it. NULL when out of memory. */
+static jemalloc_thread_use *__attribute__((noinline)) jemalloc_use_slow(jemalloc_instance *instance,
+                                                                        jemalloc_thread_slot *slot)
 {
-    size_t index_bytes = sizeof instance->tcache_index;
-    instance->allocs_before_tcache = 0;
-    instance->has_tcache = mallctl("tcache.create", &instance->tcache_index, &index_bytes, NULL, 0) == 0 &&
-                           index_bytes == sizeof instance->tcache_index;
-    if (instance->has_tcache)
-        instance->flags = jemalloc_placement(instance) | MALLOCX_TCACHE(instance->tcache_index);
+    uint64_t thread = jemalloc_current_thread();
+    pthread_mutex_lock(&instance->uses_lock);
+    jemalloc_thread_use *use = instance->uses;
+    while (use != NULL && use->thread_serial != thread)
+        use = use->next;
+    if (use == NULL && (use = aligned_alloc(_Alignof(jemalloc_thread_use), sizeof *use)) != NULL) {
+        memset(use, 0, sizeof *use);
+        use->flags = instance->placement | MALLOCX_TCACHE_NONE;
+        use->calls_before_tcache = KS_JEMALLOC_TCACHE_AFTER_CALLS;
+        use->thread_serial = thread;
+        use->next = instance->uses;
+        instance->uses = use;
+    }
+    pthread_mutex_unlock(&instance->uses_lock);
+    if (use == NULL)
+        return NULL;
+    slot->instance_serial = instance->serial;
+    slot->use = use;
+    if (KS_JEMALLOC_TCACHE_AFTER_CALLS == 0 && use->calls_before_tcache == 0 &&
+        !atomic_load_explicit(&use->has_tcache, memory_order_relaxed))
+        jemalloc_start_tcache(instance, use);
+    return use;
+}
+
+/* The calling thread's record for the instance, counting this call towards its tcache. */
+static inline jemalloc_thread_use *jemalloc_use(jemalloc_instance *instance)
+{
+    jemalloc_thread_slot *slot = &jemalloc_thread_slots[instance->serial & (KS_JEMALLOC_THREAD_SLOTS - 1)];
+    jemalloc_thread_use *use = slot->instance_serial == instance->serial ? slot->use
+                                                                         : jemalloc_use_slow(instance, slot);
+    if (use != NULL && use->calls_before_tcache != 0 && --use->calls_before_tcache == 0)
+        jemalloc_start_tcache(instance, use);
+    return use;
 }
 
 static NTSTATUS jemalloc_initialize(PVOID initial_context, PKSALLOCATOR_FRAMING framing, PVOID *context)
@@ -416,19 +568,23 @@ static NTSTATUS jemalloc_initialize(PVOID initial_context, PKSALLOCATOR_FRAMING 
     jemalloc_instance *instance = calloc(1, sizeof *instance);
     if (instance == NULL)
         return STATUS_INSUFFICIENT_RESOURCES;
+    if (pthread_mutex_init(&instance->uses_lock, NULL) != 0) {
+        free(instance);
+        return STATUS_INSUFFICIENT_RESOURCES;
+    }
     status = jemalloc_open_arena(instance, initial_context);
     if (!NT_SUCCESS(status)) {
+        pthread_mutex_destroy(&instance->uses_lock);
         free(instance);
         return status;
     }
     ks_framing_write_back(framing, &settled);
+    instance->serial = jemalloc_new_serial();
     instance->frame_bytes = settled.frame_bytes;
     instance->align_bytes = settled.align_bytes;
-    instance->usable_bytes = nallocx(instance->frame_bytes, jemalloc_placement(instance));
-    instance->flags = jemalloc_placement(instance) | MALLOCX_TCACHE_NONE;
-    instance->allocs_before_tcache = KS_JEMALLOC_TCACHE_AFTER_ALLOCS;
-    if (instance->allocs_before_tcache == 0)
-        jemalloc_start_tcache(instance);
+    instance->placement = MALLOCX_ALIGN(instance->align_bytes) | MALLOCX_ARENA(instance->arena.index);
+    instance->usable_bytes = nallocx(instance->frame_bytes, instance->placement);
+    atomic_init(&instance->frees_unrecorded, 0);
     *context = instance;
     return STATUS_SUCCESS;
 }
@@ -436,53 +592,77 @@ static NTSTATUS jemalloc_initialize(PVOID initial_context, PKSALLOCATOR_FRAMING 
 static void jemalloc_delete(PVOID context)
 {
     jemalloc_instance *instance = context;
-    size_t cursor = 0; /* a private arena tracks nothing: its reset discards live frames by itself */
-    for (void *frame; (frame = ks_frame_set_next(&instance->live, &cursor)) != NULL;)
-        sdallocx(frame, instance->frame_bytes, instance->flags);
-    if (instance->has_tcache) /* flushes it: required before the arena may be reset */
-        (void)mallctl("tcache.destroy", NULL, NULL, &instance->tcache_index, sizeof instance->tcache_index);
-    jemalloc_close_arena(instance);
+    int untracked_flags = instance->placement | MALLOCX_TCACHE_NONE;
+    JEMALLOC_FRAME_RELEASED(); /* frames still live go back to jemalloc too */
+    ks_sharded_frame_set_cursor cursor = {0, 0}; /* a private arena tracks nothing: its reset discards them */
+    for (void *frame; (frame = ks_sharded_frame_set_next(&instance->live, &cursor)) != NULL;)
+        sdallocx(frame, instance->frame_bytes, untracked_flags);
+    uint64_t frames_live, frames_peak;
+    jemalloc_frame_counts(instance, &frames_live, &frames_peak);
+    for (jemalloc_thread_use *use = instance->uses, *next; use != NULL; use = next) {
+        next = use->next;
+        if (atomic_load_explicit(&use->has_tcache, memory_order_acquire)) /* flushes it: before the reset */
+            (void)mallctl("tcache.destroy", NULL, NULL, &use->tcache_index, sizeof use->tcache_index);
+        free(use);
+    }
+    jemalloc_close_arena(instance, frames_peak);
+    pthread_mutex_destroy(&instance->uses_lock);
     free(instance);
 }
 
 static PVOID jemalloc_allocate(PVOID context)
 {
     jemalloc_instance *instance = context;
-    if (instance->allocs_before_tcache != 0 && --instance->allocs_before_tcache == 0)
-        jemalloc_start_tcache(instance);
-    void *frame = mallocx(instance->frame_bytes, instance->flags);
+    jemalloc_thread_use *use = jemalloc_use(instance);
+    if (use == NULL)
+        return NULL; /* out of memory for this thread's record */
+    void *frame = mallocx(instance->frame_bytes, use->flags);
     if (frame == NULL)
         return NULL;
-    if (instance->heap != NULL && !ks_frame_set_insert(&instance->live, frame)) {
-        sdallocx(frame, instance->frame_bytes, instance->flags); /* untracked, it could not be released */
+    JEMALLOC_FRAME_ACQUIRED();
+    if (instance->heap != NULL && !ks_sharded_frame_set_insert(&instance->live, frame)) {
+        JEMALLOC_FRAME_RELEASED();
+        sdallocx(frame, instance->frame_bytes, use->flags); /* untracked, it could not be released */
         return NULL;
     }
-    if (++instance->frames_live > instance->frames_peak)
-        instance->frames_peak = instance->frames_live;
+    jemalloc_count(&use->allocs);
+    uint64_t live = atomic_load_explicit(&use->allocs, memory_order_relaxed) -
+                    atomic_load_explicit(&use->frees, memory_order_relaxed);
+    if ((int64_t)live > 0 && live > atomic_load_explicit(&use->live_peak, memory_order_relaxed))
+        atomic_store_explicit(&use->live_peak, live, memory_order_relaxed);
     return frame;
 }
 
 static void jemalloc_free(PVOID context, PVOID buffer)
 {
     jemalloc_instance *instance = context;
-    if (instance->heap != NULL && !ks_frame_set_release(&instance->live, buffer))
+    if (instance->heap != NULL && !ks_sharded_frame_set_release(&instance->live, buffer))
         return; /* shared mode only: not live here, ignored, reported by self_check */
-    instance->frames_live--;
-    sdallocx(buffer, instance->frame_bytes, instance->flags);
+    jemalloc_thread_use *use = jemalloc_use(instance);
+    JEMALLOC_FRAME_RELEASED();
+    if (use == NULL) { /* no record for this thread: no tcache either, counted on the instance */
+        atomic_fetch_add_explicit(&instance->frees_unrecorded, 1, memory_order_relaxed);
+        sdallocx(buffer, instance->frame_bytes, instance->placement | MALLOCX_TCACHE_NONE);
+        return;
+    }
+    jemalloc_count(&use->frees);
+    sdallocx(buffer, instance->frame_bytes, use->flags);
 }
 
 /* Shared mode: every tracked frame belongs to the shared arena and is a full frame. */
-static bool jemalloc_check_tracked(const jemalloc_instance *instance, char *why, size_t why_bytes)
+static bool jemalloc_check_tracked(jemalloc_instance *instance, char *why, size_t why_bytes)
 {
-    if (!ks_frame_set_check(&instance->live, instance->align_bytes, "jemalloc", why, why_bytes))
+    if (!ks_sharded_frame_set_check(&instance->live, instance->align_bytes, "jemalloc", why, why_bytes))
         return false;
-    if (instance->live.count != instance->frames_live) {
-        snprintf(why, why_bytes, "jemalloc: %zu frames tracked but frames_live is %llu", instance->live.count,
-                 (unsigned long long)instance->frames_live);
+    uint64_t frames_live, tracked = ks_sharded_frame_set_count(&instance->live);
+    jemalloc_frame_counts(instance, &frames_live, NULL);
+    if (tracked != frames_live) {
+        snprintf(why, why_bytes, "jemalloc: %llu frames tracked but frames_live is %llu", (unsigned long long)tracked,
+                 (unsigned long long)frames_live);
         return false;
     }
-    size_t cursor = 0;
-    for (void *frame; (frame = ks_frame_set_next(&instance->live, &cursor)) != NULL;) {
+    ks_sharded_frame_set_cursor cursor = {0, 0}; /* the host runs no other callback meanwhile (ksalloc.h) */
+    for (void *frame; (frame = ks_sharded_frame_set_next(&instance->live, &cursor)) != NULL;) {
         unsigned owner = UINT_MAX;
         if (!jemalloc_arena_of(frame, &owner) || owner != instance->arena.index || sallocx(frame, 0) < instance->frame_bytes) {
             snprintf(why, why_bytes, "jemalloc: live frame %p belongs to arena %u (expected %u) with %zu bytes",
@@ -504,17 +684,19 @@ static uint64_t jemalloc_arena_active_bytes(const jemalloc_arena *arena)
 
 static NTSTATUS jemalloc_self_check(PVOID context, char *why, size_t why_bytes)
 {
-    const jemalloc_instance *instance = context;
+    jemalloc_instance *instance = context;
     if (instance->heap != NULL)
         return jemalloc_check_tracked(instance, why, why_bytes) ? STATUS_SUCCESS : STATUS_DATA_ERROR;
-    /* Private arena: nothing is tracked, but the live frames (and any the tcache holds) are in
+    /* Private arena: nothing is tracked, but the live frames (and any the tcaches hold) are in
      * its active pages, so fewer active bytes than live frames means frames came from elsewhere
-     * or frames_live drifted. A reused arena starts with none: its reset returned them all. */
+     * or the counts drifted. A reused arena starts with none: its reset returned them all. */
+    uint64_t frames_live;
+    jemalloc_frame_counts(instance, &frames_live, NULL);
     uint64_t active_bytes = jemalloc_arena_active_bytes(&instance->arena);
-    if (active_bytes < instance->frames_live * instance->usable_bytes) {
+    if (active_bytes < frames_live * instance->usable_bytes) {
         snprintf(why, why_bytes, "jemalloc: arena %u has %llu active bytes, fewer than %llu live frames of %zu",
-                 instance->arena.index, (unsigned long long)active_bytes,
-                 (unsigned long long)instance->frames_live, instance->usable_bytes);
+                 instance->arena.index, (unsigned long long)active_bytes, (unsigned long long)frames_live,
+                 instance->usable_bytes);
         return STATUS_DATA_ERROR;
     }
     return STATUS_SUCCESS;
@@ -522,32 +704,58 @@ static NTSTATUS jemalloc_self_check(PVOID context, char *why, size_t why_bytes)
 
 static size_t jemalloc_counters(PVOID context, ks_counter *out, size_t max_counters)
 {
-    const jemalloc_instance *instance = context;
+    jemalloc_instance *instance = context;
     unsigned arena_index = instance->arena.index;
     jemalloc_refresh_stats();
     uint64_t arena_mapped_bytes = jemalloc_arena_stat(arena_index, "mapped");
     uint64_t arena_active_bytes = (uint64_t)jemalloc_arena_stat(arena_index, "pactive") * jemalloc_page_bytes();
-    uint64_t tracking_bytes = ks_frame_set_table_bytes(&instance->live); /* 0 for a private arena */
+    uint64_t tracking_bytes = ks_sharded_frame_set_table_bytes(&instance->live); /* 0 for a private arena */
+    uint64_t frames_live;
+    jemalloc_frame_counts(instance, &frames_live, NULL);
+    uint64_t tcaches = 0, threads = 0;
+    pthread_mutex_lock(&instance->uses_lock);
+    for (const jemalloc_thread_use *use = instance->uses; use != NULL; use = use->next, threads++)
+        tcaches += atomic_load_explicit(&use->has_tcache, memory_order_relaxed) ? 1u : 0u;
+    pthread_mutex_unlock(&instance->uses_lock);
     /* "mapped" needs a jemalloc built with --enable-stats; active pages are the floor without it. */
     uint64_t private_bytes = arena_mapped_bytes ? arena_mapped_bytes : arena_active_bytes;
-    uint64_t reserved_bytes =
-        instance->heap ? instance->frames_live * instance->usable_bytes + tracking_bytes : private_bytes;
+    uint64_t reserved_bytes = instance->heap ? frames_live * instance->usable_bytes + tracking_bytes : private_bytes;
     const ks_counter counters[] = {
-        {"frames_live", instance->frames_live},
+        {"frames_live", frames_live},
         {"reserved_bytes", reserved_bytes},
         {"usable_frame_bytes", instance->usable_bytes},
         {"arena", arena_index},
         {"arena_reused", instance->arena.reused},
         {"arena_active_bytes", arena_active_bytes},
         {"arena_mapped_bytes", arena_mapped_bytes},
-        {"explicit_tcache", instance->has_tcache},
-        {"bad_frees", instance->live.foreign_releases},
+        {"explicit_tcache", tcaches}, /* one per thread past its first KS_JEMALLOC_TCACHE_AFTER_CALLS calls */
+        {"threads", threads},
+        {"bad_frees", ks_sharded_frame_set_foreign_releases(&instance->live)},
     };
     size_t count = 0;
     for (; count < sizeof counters / sizeof counters[0] && count < max_counters; count++)
         out[count] = counters[count];
     return count;
 }
+
+/* ---- Bare: jemalloc as its users call it ------------------------------------------------------ */
+
+static void *jemalloc_bare_allocate(size_t frame_bytes, size_t align_bytes)
+{
+    void *frame = mallocx(frame_bytes, MALLOCX_ALIGN(align_bytes));
+    if (frame != NULL)
+        JEMALLOC_FRAME_ACQUIRED();
+    return frame;
+}
+
+/* The sized free, with the flags of the allocation: jemalloc then never looks the size up. */
+static void jemalloc_bare_free(void *frame, size_t frame_bytes, size_t align_bytes)
+{
+    JEMALLOC_FRAME_RELEASED();
+    sdallocx(frame, frame_bytes, MALLOCX_ALIGN(align_bytes));
+}
+
+static const ks_bare_ops jemalloc_bare = {.allocate = jemalloc_bare_allocate, .free = jemalloc_bare_free};
 
 static const KSALLOCATOR_DISPATCH jemalloc_dispatch = {
     .InitializeAllocator = jemalloc_initialize,
@@ -561,11 +769,12 @@ const ks_allocator_entry ks_allocator_jemalloc = {
     .struct_bytes = sizeof(ks_allocator_entry),
     .name = "jemalloc",
     .description = "jemalloc 5 mallocx/sdallocx on an arena per instance (one per shared heap, reset and reused), "
-                   "explicit tcache",
-    .caps = KS_CAP_SHARED_HEAP | KS_CAP_ANY_SIZE,
+                   "an explicit tcache per thread; thread-safe",
+    .caps = KS_CAP_THREAD_SAFE | KS_CAP_SHARED_HEAP | KS_CAP_ANY_SIZE,
     .max_frame_bytes = KS_JEMALLOC_MAX_FRAME_BYTES,
     .max_align_bytes = KS_JEMALLOC_MAX_ALIGN_BYTES,
     .dispatch = &jemalloc_dispatch,
     .self_check = jemalloc_self_check,
     .counters = jemalloc_counters,
+    .bare = &jemalloc_bare,
 };

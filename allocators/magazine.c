@@ -121,6 +121,7 @@
 #include <string.h>
 
 #include "framing.h"
+#include "spinlock.h"
 #include "ksalloc.h"
 #include "region.h"
 
@@ -178,7 +179,7 @@ typedef struct magazine_allocator magazine_allocator;
  * thread may call the instance. Two cache lines, the first holding everything the owner touches
  * on every operation, so caches of different threads never share one. */
 typedef struct magazine_cache {
-    atomic_bool lock;     /* test-and-set spinlock: acquire exchange, release store */
+    ks_spinlock lock;     /* test-and-set spinlock (spinlock.h) */
     magazine *loaded;
     magazine *previous;   /* always full or empty */
     atomic_ullong allocs; /* frames this cache handed out; written under lock: relaxed load + store */
@@ -238,40 +239,14 @@ static inline void magazine_count(atomic_ullong *counter)
     atomic_store_explicit(counter, atomic_load_explicit(counter, memory_order_relaxed) + 1, memory_order_relaxed);
 }
 
-static inline void magazine_cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
-}
-
-/* The cache lock when the first exchange found it held (by a purge, or the owner when this is a
- * purge): spin on a plain load, briefly, then yield so that a preempted holder can run. */
-static void __attribute__((noinline)) magazine_cache_lock_contended(magazine_cache *cache)
-{
-    for (unsigned spins = 0;;) {
-        while (atomic_load_explicit(&cache->lock, memory_order_relaxed)) {
-            if (++spins < 128)
-                magazine_cpu_relax();
-            else
-                sched_yield();
-        }
-        if (!atomic_exchange_explicit(&cache->lock, true, memory_order_acquire))
-            return;
-    }
-}
-
 static inline void magazine_cache_lock(magazine_cache *cache)
 {
-    if (__builtin_expect(atomic_exchange_explicit(&cache->lock, true, memory_order_acquire), 0))
-        magazine_cache_lock_contended(cache);
+    ks_spin_lock(&cache->lock);
 }
 
 static inline void magazine_cache_unlock(magazine_cache *cache)
 {
-    atomic_store_explicit(&cache->lock, false, memory_order_release);
+    ks_spin_unlock(&cache->lock);
 }
 
 static bool magazine_owns(const magazine_allocator *allocator, const void *frame)

@@ -1,43 +1,44 @@
 /*
- * mimalloc.c -- `mimalloc`: frames from a private mimalloc heap (Debian's libmimalloc 2.0.9).
+ * mimalloc.c -- `mimalloc`: frames from mimalloc (Debian's libmimalloc 2.0.9) through its
+ * thread-safe API, mi_malloc_aligned_at / mi_free.
  *
- * Design. Each instance owns one mi_heap_t (mi_heap_new at InitializeAllocator); a frame is
- * mi_heap_malloc_aligned_at(heap, FrameSize, FileAlignment + 1, 0) and goes back with mi_free.
- * Not mi_heap_malloc_aligned: in 2.0.9 its fast path for a power-of-two size at least the
- * alignment returns a plain small block, which for 256..1024-byte alignments is not aligned
- * (microsoft/mimalloc#700, fixed upstream after 2.0.9; found here by fuzz_alloc_mimalloc, input
- * in fuzz/corpus/fuzz_alloc_mimalloc). The _at entry point always takes the checked path.
- * DeleteAllocator is mi_heap_destroy, which releases every page of the heap in one sweep, frames
- * still live included, without visiting them one by one. On a pin with a shared ks_heap, every
- * mimalloc instance on that heap shares one mi_heap (heap->attach("mimalloc")), so their frames
- * of any size interleave in the same pages; the last instance to detach destroys it. A frame still
- * live when its instance is deleted from a shared heap therefore stays allocated until that last
- * detach -- the shared mi_heap is the unit mimalloc can release, as a jemalloc arena is for
- * jemalloc. The ks_heap region itself is not used: mimalloc takes its memory from the OS.
+ * Design. A frame is mi_malloc_aligned_at(FrameSize, FileAlignment + 1, 0) from the calling
+ * thread's default heap, and goes back with mi_free from any thread. Not mi_malloc_aligned: in
+ * 2.0.9 its fast path for a power-of-two size at least the alignment returns a plain small block,
+ * which for 256..1024-byte alignments is not aligned (microsoft/mimalloc#700, fixed upstream after
+ * 2.0.9; found here by fuzz_alloc_mimalloc, input in fuzz/corpus/fuzz_alloc_mimalloc). The _at
+ * entry point always takes the checked path; above 1 KiB the two are the same code.
  *
- * Complexity. Allocate and Free are mimalloc's fast paths: O(1) (a free-list pop from the page of
- * the size class, a push on free) apart from page refills; alignments above 16 bytes go through
- * mimalloc's aligned path, which may over-allocate a block by up to the alignment.
- * DeleteAllocator is O(pages of the heap). self_check is O(blocks of the heap).
+ * Why the default heap and not a heap per instance. An instance used to own an mi_heap_t and
+ * drop it whole with mi_heap_destroy at DeleteAllocator, with nothing kept per frame. But a
+ * mimalloc 2.x heap is thread-local: only the thread that created it may allocate from it, and
+ * that thread's exit deletes it. Such an instance cannot be KS_CAP_THREAD_SAFE, so the threaded
+ * workloads could not run it. The thread-safe route is mimalloc's own: every thread allocates
+ * from its default heap and frees anywhere. mimalloc then has nothing per instance to destroy,
+ * so, as for tcmalloc and glibc, the instance records its live frames in the sharded set of
+ * frame_set.c (one spinlock per shard) and frees them one by one at DeleteAllocator; the set
+ * also turns a Free of a frame that is not live into a counted no-op (bad_frees, self_check)
+ * instead of corrupting mimalloc. What the set costs against mimalloc called bare, and what the
+ * per-instance heap cost, is measured and kept with the benchmark results, not here.
  *
- * Memory overhead. No per-frame header of ours. mimalloc's size-class rounding (measured with
+ * Shared heaps: every instance already draws from mimalloc's per-thread heaps, where frames of
+ * all sizes and instances interleave, so KSPIN.heap is ignored and KS_CAP_SHARED_HEAP is not
+ * claimed (as for tcmalloc). Bare: the entry's `bare` hook is mi_malloc_aligned_at / mi_free
+ * with nothing kept per frame, mimalloc as its users call it.
+ *
+ * Complexity. Allocate and Free are mimalloc's fast paths (a free-list pop from the page of the
+ * size class, a push on free; a free from another thread is an atomic push onto the page's
+ * thread-free list) plus an expected-O(1) set insert or removal under the frame's shard lock
+ * (uncontended: one atomic exchange and one plain store). DeleteAllocator and self_check are
+ * O(table slots).
+ *
+ * Memory overhead. No per-frame header of ours: the set takes 16 to 32 bytes per live frame at
+ * its high-water mark plus 64 bytes per shard. mimalloc's size-class rounding (measured with
  * Debian's 2.0.9 over 64 B..4 MiB: at most 20% below 128 KiB, up to 33% above, 50% just past
- * 512 KiB), its per-page metadata and, for alignments it cannot meet in place, the alignment
- * slack. Per instance: this struct plus mimalloc's mi_heap_t (a few KiB, from the thread's
- * backing heap).
+ * 512 KiB) and, for alignments it cannot meet in place, the alignment slack.
  *
- * Thread safety: NOT thread-safe, and more than that, thread-affine. mimalloc's heaps belong to
- * the thread that created them ("a heap can only be used for allocation in the thread that
- * created it"; mi_free is fine from any thread), and when that thread exits mimalloc deletes all
- * of its heaps. So: InitializeAllocator, Allocate, DeleteAllocator, self_check and the
- * reserved_bytes counter must run on the thread that created the mi_heap (for a shared heap, the
- * thread of the first instance that attached), and that thread must outlive the instance; Free
- * may run on any thread, one call at a time as for every instance without KS_CAP_THREAD_SAFE.
- * Violations are detected, not trusted: Allocate on another thread returns NULL and counts a
- * foreign_thread_refusal; an instance joining a shared mi_heap from another thread is refused with
- * STATUS_NOT_SUPPORTED; DeleteAllocator on another thread cannot touch the heap safely (it may
- * already be gone with its thread) and leaks it rather than corrupt mimalloc. Threads are told
- * apart by a serial number that is never reused, not by pthread_t, which is.
+ * Thread safety: KS_CAP_THREAD_SAFE. mimalloc's default-heap API is thread-safe and a frame may
+ * be freed on any thread; the set is thread-safe.
  *
  * Under TSan, Free and Allocate release and acquire one sync object standing for mimalloc's
  * internal atomics: mimalloc is not instrumented, so a block freed on one thread and reused on
@@ -52,10 +53,10 @@
 
 #include <mimalloc.h>
 
+#include "frame_set.h"
 #include "framing.h"
 #include "ksalloc.h"
 
-#define MIMALLOC_FAMILY "mimalloc"
 #define MIMALLOC_DEFAULT_FRAME_BYTES 4096u
 /* Limits stated to the harness, the same as the other general-purpose allocators' so that one
  * decoded framing fits them all (mimalloc itself served 3 GiB frames, and 2 GiB alignments, when
@@ -65,9 +66,7 @@
 _Static_assert((MIMALLOC_MAX_ALIGN_BYTES & (MIMALLOC_MAX_ALIGN_BYTES - 1)) == 0, "alignment limit is a power of two");
 _Static_assert(MIMALLOC_DEFAULT_FRAME_BYTES <= MIMALLOC_MAX_FRAME_BYTES, "the default frame is within the limit");
 _Static_assert(MIMALLOC_MAX_FRAME_BYTES <= UINT32_MAX, "FrameSize is a ULONG");
-
-_Static_assert(MIMALLOC_DEFAULT_FRAME_BYTES % 16u == 0, "the default frame keeps mimalloc's natural alignment");
-_Static_assert(MI_MALLOC_VERSION >= 200, "mi_heap_destroy and mi_heap_visit_blocks as in mimalloc 2.x");
+_Static_assert(MI_MALLOC_VERSION >= 200, "mi_malloc_aligned_at and a thread-safe mi_free as in mimalloc 2.x");
 
 #if defined(__SANITIZE_THREAD__)
 #define MIMALLOC_TSAN 1
@@ -109,73 +108,28 @@ __attribute__((weak)) const char *__tsan_default_suppressions(void)
 #define MIMALLOC_FRAME_RELEASED() ((void)0)
 #endif
 
-/* The family state on a shared ks_heap: one mi_heap for every instance on it. */
-typedef struct mimalloc_shared {
-    mi_heap_t *heap;
-    uint64_t owner_serial;     /* thread that created heap; the only one that may allocate */
-    uint64_t heap_frames_live; /* blocks live in heap, from all instances, deleted ones included */
-} mimalloc_shared;
-
 typedef struct mimalloc_instance {
-    mi_heap_t *heap;
-    uint64_t owner_serial;
-    ks_heap *shared_heap;    /* NULL for a private heap */
-    mimalloc_shared *shared; /* shared_heap's family state, or NULL */
+    ks_sharded_frame_set live; /* the live frames; thread-safe */
     size_t frame_bytes;
     size_t align_bytes;
-    uint64_t frames_live;
-    uint64_t private_frames_live; /* heap_frames_live of a private heap (== frames_live) */
-    uint64_t allocation_failures;
-    uint64_t foreign_thread_refusals;
+    atomic_size_t frame_usable_bytes;  /* mi_usable_size of a frame, once one was handed out */
+    atomic_ullong allocation_failures; /* off the fast path: an atomic add */
 } mimalloc_instance;
 
-/* ---- Thread identity ------------------------------------------------------------------------- */
+/* ---- Frames, as the instance and the bare hook take them from mimalloc ---------------------- */
 
-static atomic_uint_fast64_t mimalloc_next_thread_serial = 1;
-static _Thread_local uint64_t mimalloc_thread_serial;
-
-/* A number for the calling thread, unique for the life of the process (0 is never used). */
-static uint64_t mimalloc_current_thread(void)
+static void *mimalloc_frame_alloc(size_t frame_bytes, size_t align_bytes)
 {
-    if (mimalloc_thread_serial == 0)
-        mimalloc_thread_serial =
-            (uint64_t)atomic_fetch_add_explicit(&mimalloc_next_thread_serial, 1, memory_order_relaxed);
-    return mimalloc_thread_serial;
+    void *frame = mi_malloc_aligned_at(frame_bytes, align_bytes, 0);
+    if (frame != NULL)
+        MIMALLOC_FRAME_ACQUIRED();
+    return frame;
 }
 
-static uint64_t *mimalloc_heap_frames_live(mimalloc_instance *instance)
+static void mimalloc_frame_free(void *frame)
 {
-    return instance->shared ? &instance->shared->heap_frames_live : &instance->private_frames_live;
-}
-
-/* ---- Shared heap state --------------------------------------------------------------------- */
-
-static NTSTATUS mimalloc_shared_create(ks_heap *heap, void *arg, void **state)
-{
-    (void)heap;
-    (void)arg;
-    mimalloc_shared *shared = calloc(1, sizeof *shared);
-    if (shared == NULL)
-        return STATUS_INSUFFICIENT_RESOURCES;
-    shared->heap = mi_heap_new();
-    if (shared->heap == NULL) {
-        free(shared);
-        return STATUS_INSUFFICIENT_RESOURCES;
-    }
-    shared->owner_serial = mimalloc_current_thread();
-    *state = shared;
-    return STATUS_SUCCESS;
-}
-
-/* Run by the last instance to detach. On a thread other than the heap's creator the heap cannot
- * be destroyed safely (see the top comment), so it is left to mimalloc's thread-exit cleanup. */
-static void mimalloc_shared_destroy(ks_heap *heap, void *state)
-{
-    (void)heap;
-    mimalloc_shared *shared = state;
-    if (shared->owner_serial == mimalloc_current_thread())
-        mi_heap_destroy(shared->heap);
-    free(shared);
+    MIMALLOC_FRAME_RELEASED();
+    mi_free(frame);
 }
 
 /* ---- Dispatch ------------------------------------------------------------------------------ */
@@ -188,50 +142,25 @@ static const ks_framing_rules mimalloc_framing_rules = {
     .min_align_bytes = 1,
 };
 
-static NTSTATUS mimalloc_attach_heap(mimalloc_instance *instance, ks_heap *heap)
-{
-    void *state = NULL;
-    NTSTATUS status = heap->attach(heap, MIMALLOC_FAMILY, mimalloc_shared_create, NULL, &state);
-    if (!NT_SUCCESS(status))
-        return status;
-    mimalloc_shared *shared = state;
-    if (shared->owner_serial != instance->owner_serial) {
-        /* Another thread created this mi_heap; this thread could never allocate from it. */
-        heap->detach(heap, MIMALLOC_FAMILY, mimalloc_shared_destroy);
-        return STATUS_NOT_SUPPORTED;
-    }
-    instance->shared_heap = heap;
-    instance->shared = shared;
-    instance->heap = shared->heap;
-    return STATUS_SUCCESS;
-}
-
 static NTSTATUS mimalloc_initialize(PVOID initial_context, PKSALLOCATOR_FRAMING framing, PVOID *context)
 {
-    const KSPIN *pin = initial_context;
+    (void)initial_context; /* the pin's shared heap, if any, has nothing to offer (top comment) */
     if (framing == NULL || context == NULL)
         return STATUS_INVALID_PARAMETER;
     ks_framing_settled settled;
     NTSTATUS status = ks_framing_settle(framing, &mimalloc_framing_rules, &settled);
     if (!NT_SUCCESS(status))
         return status;
-    ks_framing_write_back(framing, &settled);
     mimalloc_instance *instance = calloc(1, sizeof *instance);
     if (instance == NULL)
         return STATUS_INSUFFICIENT_RESOURCES;
+    if (!ks_sharded_frame_set_init(&instance->live)) {
+        free(instance);
+        return STATUS_INSUFFICIENT_RESOURCES;
+    }
+    ks_framing_write_back(framing, &settled);
     instance->frame_bytes = settled.frame_bytes;
     instance->align_bytes = settled.align_bytes;
-    instance->owner_serial = mimalloc_current_thread();
-    if (pin != NULL && pin->heap != NULL) {
-        status = mimalloc_attach_heap(instance, pin->heap);
-    } else {
-        instance->heap = mi_heap_new();
-        status = instance->heap ? STATUS_SUCCESS : STATUS_INSUFFICIENT_RESOURCES;
-    }
-    if (!NT_SUCCESS(status)) {
-        free(instance);
-        return status;
-    }
     *context = instance;
     return STATUS_SUCCESS;
 }
@@ -241,30 +170,27 @@ static void mimalloc_delete(PVOID context)
     mimalloc_instance *instance = context;
     if (instance == NULL)
         return;
-    MIMALLOC_FRAME_RELEASED(); /* frames still live go back to mimalloc too */
-    if (instance->shared_heap != NULL)
-        instance->shared_heap->detach(instance->shared_heap, MIMALLOC_FAMILY, mimalloc_shared_destroy);
-    else if (instance->owner_serial == mimalloc_current_thread())
-        mi_heap_destroy(instance->heap);
-    /* else: a foreign thread; the heap is leaked on purpose (top comment). */
+    ks_sharded_frame_set_cursor cursor = {0, 0};
+    for (void *frame; (frame = ks_sharded_frame_set_next(&instance->live, &cursor)) != NULL;)
+        mimalloc_frame_free(frame);
+    ks_sharded_frame_set_destroy(&instance->live);
     free(instance);
 }
 
 static PVOID mimalloc_allocate(PVOID context)
 {
     mimalloc_instance *instance = context;
-    if (instance->owner_serial != mimalloc_current_thread()) {
-        instance->foreign_thread_refusals++;
-        return NULL;
+    void *frame = mimalloc_frame_alloc(instance->frame_bytes, instance->align_bytes);
+    if (frame != NULL && !ks_sharded_frame_set_insert(&instance->live, frame)) {
+        mimalloc_frame_free(frame); /* untracked, it could not be released at DeleteAllocator */
+        frame = NULL;
     }
-    void *frame = mi_heap_malloc_aligned_at(instance->heap, instance->frame_bytes, instance->align_bytes, 0);
     if (frame == NULL) {
-        instance->allocation_failures++;
+        atomic_fetch_add_explicit(&instance->allocation_failures, 1, memory_order_relaxed);
         return NULL;
     }
-    MIMALLOC_FRAME_ACQUIRED();
-    instance->frames_live++;
-    (*mimalloc_heap_frames_live(instance))++;
+    if (atomic_load_explicit(&instance->frame_usable_bytes, memory_order_relaxed) == 0)
+        atomic_store_explicit(&instance->frame_usable_bytes, mi_usable_size(frame), memory_order_relaxed);
     return frame;
 }
 
@@ -273,64 +199,27 @@ static void mimalloc_free(PVOID context, PVOID buffer)
     mimalloc_instance *instance = context;
     if (buffer == NULL)
         return;
-    MIMALLOC_FRAME_RELEASED();
-    mi_free(buffer);
-    instance->frames_live--;
-    (*mimalloc_heap_frames_live(instance))--;
+    if (ks_sharded_frame_set_release(&instance->live, buffer))
+        mimalloc_frame_free(buffer); /* else not live here: ignored, reported by self_check */
 }
 
 /* ---- Self-check and counters ---------------------------------------------------------------- */
 
-typedef struct mimalloc_walk {
-    uint64_t blocks;
-    uint64_t small_blocks; /* blocks too small to hold a frame of this instance */
-    size_t frame_bytes;
-    uint64_t reserved_bytes;
-} mimalloc_walk;
-
-static bool mimalloc_visit_block(const mi_heap_t *heap, const mi_heap_area_t *area, void *block, size_t block_bytes,
-                                 void *arg)
-{
-    (void)heap;
-    mimalloc_walk *walk = arg;
-    if (block == NULL) { /* one call per area before its blocks */
-        walk->reserved_bytes += area->reserved;
-        return true;
-    }
-    walk->blocks++;
-    if (block_bytes < walk->frame_bytes)
-        walk->small_blocks++;
-    return true;
-}
-
 static NTSTATUS mimalloc_self_check(PVOID context, char *why, size_t why_bytes)
 {
     mimalloc_instance *instance = context;
-    if (instance->owner_serial != mimalloc_current_thread()) {
-        snprintf(why, why_bytes, "mimalloc: self_check on thread %llu, but heap %p belongs to thread %llu",
-                 (unsigned long long)mimalloc_current_thread(), (void *)instance->heap,
-                 (unsigned long long)instance->owner_serial);
-        return STATUS_UNSUCCESSFUL;
-    }
-    /* Frees from other threads wait in delayed lists until collected; count only once they land. */
-    mi_heap_collect(instance->heap, false);
-    mimalloc_walk walk = {.frame_bytes = instance->shared ? 0 : instance->frame_bytes};
-    mi_heap_visit_blocks(instance->heap, true, mimalloc_visit_block, &walk);
-    uint64_t expected = *mimalloc_heap_frames_live(instance);
-    if (walk.blocks != expected) {
-        snprintf(why, why_bytes, "mimalloc: heap %p holds %llu live blocks, but its instances handed out %llu frames",
-                 (void *)instance->heap, (unsigned long long)walk.blocks, (unsigned long long)expected);
+    if (!ks_sharded_frame_set_check(&instance->live, instance->align_bytes, "mimalloc", why, why_bytes))
         return STATUS_DATA_ERROR;
-    }
-    if (walk.small_blocks != 0) {
-        snprintf(why, why_bytes, "mimalloc: heap %p holds %llu blocks smaller than the %zu-byte frame",
-                 (void *)instance->heap, (unsigned long long)walk.small_blocks, instance->frame_bytes);
-        return STATUS_DATA_ERROR;
-    }
-    if (instance->frames_live > expected) {
-        snprintf(why, why_bytes, "mimalloc: instance has %llu frames live, more than its heap's %llu",
-                 (unsigned long long)instance->frames_live, (unsigned long long)expected);
-        return STATUS_DATA_ERROR;
+    ks_sharded_frame_set_cursor cursor = {0, 0}; /* the host runs no other callback meanwhile (ksalloc.h) */
+    /* Every tracked frame came from mi_malloc_aligned_at. Not asked of mi_is_in_heap_region:
+     * 2.0.9 answers from a segment map of the lowest 40 TiB of addresses, and under ASan
+     * mimalloc's segments are mapped above that. */
+    for (void *frame; (frame = ks_sharded_frame_set_next(&instance->live, &cursor)) != NULL;) {
+        if (mi_usable_size(frame) < instance->frame_bytes) {
+            snprintf(why, why_bytes, "mimalloc: live frame %p has %zu usable bytes, less than the %zu-byte frame",
+                     frame, mi_usable_size(frame), instance->frame_bytes);
+            return STATUS_DATA_ERROR;
+        }
     }
     return STATUS_SUCCESS;
 }
@@ -338,26 +227,41 @@ static NTSTATUS mimalloc_self_check(PVOID context, char *why, size_t why_bytes)
 static size_t mimalloc_counters(PVOID context, ks_counter *out, size_t max_counters)
 {
     mimalloc_instance *instance = context;
-    ks_counter all[6] = {
-        {"frames_live", instance->frames_live},
-        {"heap_frames_live", *mimalloc_heap_frames_live(instance)},
-        {"allocation_failures", instance->allocation_failures},
-        {"foreign_thread_refusals", instance->foreign_thread_refusals},
+    uint64_t frames_live = ks_sharded_frame_set_count(&instance->live);
+    uint64_t table_bytes = ks_sharded_frame_set_table_bytes(&instance->live);
+    uint64_t usable_bytes = atomic_load_explicit(&instance->frame_usable_bytes, memory_order_relaxed);
+    const ks_counter all[] = {
+        {"frames_live", frames_live},
+        /* What this instance holds: its frames in mimalloc's size class, and its table. */
+        {"reserved_bytes", frames_live * usable_bytes + table_bytes},
+        {"usable_frame_bytes", usable_bytes},
+        {"tracking_bytes", table_bytes},
+        {"allocation_failures", atomic_load_explicit(&instance->allocation_failures, memory_order_relaxed)},
+        {"bad_frees", ks_sharded_frame_set_foreign_releases(&instance->live)},
         {"frame_bytes", instance->frame_bytes},
     };
-    size_t count = 5;
-    /* Walking the heap's pages is only safe on its own thread. For a shared heap this is the
-     * whole shared mi_heap, as for a shared jemalloc arena. */
-    if (instance->owner_serial == mimalloc_current_thread()) {
-        mimalloc_walk walk = {.frame_bytes = 0};
-        mi_heap_visit_blocks(instance->heap, false, mimalloc_visit_block, &walk);
-        all[count++] = (ks_counter){"reserved_bytes", walk.reserved_bytes};
-    }
+    size_t count = sizeof all / sizeof all[0];
     size_t filled = count < max_counters ? count : max_counters;
     for (size_t i = 0; i < filled; i++)
         out[i] = all[i];
     return filled;
 }
+
+/* ---- Bare: mimalloc as its users call it -------------------------------------------------------- */
+
+static void *mimalloc_bare_allocate(size_t frame_bytes, size_t align_bytes)
+{
+    return mimalloc_frame_alloc(frame_bytes, align_bytes);
+}
+
+static void mimalloc_bare_free(void *frame, size_t frame_bytes, size_t align_bytes)
+{
+    (void)frame_bytes; /* mi_free_size_aligned is mi_free outside mimalloc's debug builds */
+    (void)align_bytes;
+    mimalloc_frame_free(frame);
+}
+
+static const ks_bare_ops mimalloc_bare = {.allocate = mimalloc_bare_allocate, .free = mimalloc_bare_free};
 
 static const KSALLOCATOR_DISPATCH mimalloc_dispatch = {
     .InitializeAllocator = mimalloc_initialize,
@@ -370,11 +274,13 @@ const ks_allocator_entry ks_allocator_mimalloc = {
     .abi_version = KSALLOC_ABI_VERSION,
     .struct_bytes = sizeof(ks_allocator_entry),
     .name = "mimalloc",
-    .description = "mimalloc 2.x: one mi_heap per instance (or per shared heap), destroyed whole; thread-affine",
-    .caps = KS_CAP_SHARED_HEAP | KS_CAP_ANY_SIZE,
+    .description = "mimalloc 2.x: mi_malloc_aligned_at/mi_free on the thread's default heap, live frames in a "
+                   "sharded side hash set for DeleteAllocator; thread-safe",
+    .caps = KS_CAP_THREAD_SAFE,
     .max_frame_bytes = MIMALLOC_MAX_FRAME_BYTES,
     .max_align_bytes = MIMALLOC_MAX_ALIGN_BYTES,
     .dispatch = &mimalloc_dispatch,
     .self_check = mimalloc_self_check,
     .counters = mimalloc_counters,
+    .bare = &mimalloc_bare,
 };

@@ -4,9 +4,13 @@
  * cross-thread queue and exchange, and the few inline helpers every kernel uses.
  *
  * A kernel runs `units` iterations of one workload against one thread's run state. It exists in
- * three variants that differ only in how Allocate and Free are reached (kernels.h is the single
- * template they are instantiated from), so that the three sit in one run and read as ratios:
+ * four variants that differ only in how Allocate and Free are reached (kernels.h is the single
+ * template they are instantiated from), so that they sit in one run and read as ratios:
  *   table   through a KSALLOCATOR_DISPATCH, as every allocator is reached (indirect calls);
+ *   bare    a general-purpose peer's library as its users call it, through the entry's bare hook
+ *           (ks_bare_ops: aligned allocation and a sized free, nothing kept per frame, no
+ *           instance; the same indirect calls as `table`), so that the peer's KS-conformant
+ *           instance over its bare library is the cost of the KS contract;
  *   direct  pool's own Allocate/Free called directly (the dispatch table's cost, by difference);
  *   inline  a free list written into the loop (a LIFO stack of frame pointers beside the frames,
  *           so that its bookkeeping never touches frame memory): the bound. It is the cheapest
@@ -44,6 +48,7 @@ typedef enum ks_impl {
     KS_IMPL_TABLE,  /* through entry->dispatch */
     KS_IMPL_DIRECT, /* ks_pool_allocate / ks_pool_free called directly */
     KS_IMPL_INLINE, /* the inline free-list baseline */
+    KS_IMPL_BARE,   /* through entry->bare: the library itself, no instance */
     KS_IMPL_COUNT
 } ks_impl;
 
@@ -128,10 +133,14 @@ typedef struct ks_exchange {
 
 /* ---- Per-thread state ------------------------------------------------------------------------- */
 
-/* Where an operation goes: one allocator instance (table, direct) or one inline free list. */
+/* Where an operation goes: one allocator instance (table, direct), one inline free list, or a
+ * library's bare hook with the frame size and alignment it is called with. */
 typedef struct ks_bench_target {
     const KSALLOCATOR_DISPATCH *dispatch; /* table */
     PVOID context;                        /* table, direct */
+    const ks_bare_ops *bare;              /* bare */
+    size_t frame_bytes;                   /* bare */
+    size_t align_bytes;                   /* bare */
     void **free_stack;                    /* inline: the free list, as a stack of frame pointers */
     uint32_t free_count;                  /* inline: frames on free_stack */
     ks_spsc_ring *return_ring;            /* inline prodcons: Free pushes here, Allocate pops */

@@ -1,8 +1,12 @@
 /*
- * kernels.c -- the six instantiations of kernels.h: {table, direct, inline} x {untimed, timed}.
+ * kernels.c -- the eight instantiations of kernels.h: {table, bare, direct, inline} x {untimed,
+ * timed}.
  *
  * table:  target->dispatch->Allocate(target->context), an indirect call through the table as
  *         the harness makes it; the table pointer is runtime data, so nothing is devirtualised.
+ * bare:   target->bare->allocate(frame_bytes, align_bytes), an indirect call into the peer's
+ *         library as its users call it, with nothing kept per frame: the same call shape as
+ *         table, so that table over bare is what the KS contract adds.
  * direct: ks_pool_allocate(target->context), a direct call into allocators/pool.c (marked
  *         noinline there): the very code `pool` runs behind its table.
  * inline: a pop from / push to the thread's free list, a stack of frame pointers beside the
@@ -49,6 +53,23 @@ static inline void *inline_ring_pop(ks_bench_target *target)
 #define KS_KERNEL_FREE_SHARED KS_KERNEL_FREE
 #include "kernels.h"
 
+/* ---- bare ---------------------------------------------------------------------------------- */
+#define KS_KERNEL_SUFFIX bare
+#define KS_KERNEL_TIMED 0
+#define KS_KERNEL_ALLOCATE(target) ((target)->bare->allocate((target)->frame_bytes, (target)->align_bytes))
+#define KS_KERNEL_FREE(target, frame) ((target)->bare->free((frame), (target)->frame_bytes, (target)->align_bytes))
+#define KS_KERNEL_ALLOCATE_SHARED KS_KERNEL_ALLOCATE
+#define KS_KERNEL_FREE_SHARED KS_KERNEL_FREE
+#include "kernels.h"
+
+#define KS_KERNEL_SUFFIX bare_timed
+#define KS_KERNEL_TIMED 1
+#define KS_KERNEL_ALLOCATE(target) ((target)->bare->allocate((target)->frame_bytes, (target)->align_bytes))
+#define KS_KERNEL_FREE(target, frame) ((target)->bare->free((frame), (target)->frame_bytes, (target)->align_bytes))
+#define KS_KERNEL_ALLOCATE_SHARED KS_KERNEL_ALLOCATE
+#define KS_KERNEL_FREE_SHARED KS_KERNEL_FREE
+#include "kernels.h"
+
 /* ---- direct -------------------------------------------------------------------------------- */
 #define KS_KERNEL_SUFFIX direct
 #define KS_KERNEL_TIMED 0
@@ -87,6 +108,7 @@ static const ks_bench_kernel *const kernel_tables[KS_IMPL_COUNT][2] = {
     [KS_IMPL_TABLE] = {kernels_table, kernels_table_timed},
     [KS_IMPL_DIRECT] = {kernels_direct, kernels_direct_timed},
     [KS_IMPL_INLINE] = {kernels_inline, kernels_inline_timed},
+    [KS_IMPL_BARE] = {kernels_bare, kernels_bare_timed},
 };
 
 ks_bench_kernel ks_bench_kernel_for(ks_workload workload, ks_impl impl, bool timed)

@@ -21,8 +21,12 @@ BASELINE = "inline_freelist"
 DIRECT = "pool_direct"  # pool's Allocate/Free called without the table
 TABLE = "pool"  # the same code through its dispatch table, as catalogued
 BENCH_INTERNAL = (BASELINE, DIRECT)
-# General-purpose allocators ksalloc's own are compared with.
+# General-purpose allocators ksalloc's own are compared with: their KS-conformant instances, and
+# the same libraries called bare, as their users call them (no instance, nothing kept per frame):
+# <workload>/<peer>_bare/<bytes>.
 PEERS = ("system", "jemalloc", "mimalloc", "tcmalloc")
+BARE_SUFFIX = "_bare"
+BARE_PEERS = tuple(peer + BARE_SUFFIX for peer in PEERS)
 
 _TIME_UNIT_NS = {"ns": 1.0, "us": 1e3, "ms": 1e6, "s": 1e9}
 _REQUIRED = ("name", "real_time", "cpu_time", "time_unit")
@@ -231,8 +235,18 @@ def groups(report):
     return result
 
 
+def peer_family(name):
+    """The peer library a conformant or bare allocator name belongs to, else None."""
+    base = name[:-len(BARE_SUFFIX)] if name.endswith(BARE_SUFFIX) else name
+    return base if base in PEERS else None
+
+
+def is_bare_peer(name):
+    return name in BARE_PEERS
+
+
 def is_ksalloc_allocator(name):
-    return name not in BENCH_INTERNAL and name not in PEERS
+    return name not in BENCH_INTERNAL and peer_family(name) is None
 
 
 def group_title(group):

@@ -3,16 +3,24 @@
  * against which allocators; the life of one benchmark run (set-up, warm-up, the timed loop, the
  * latency pass, memory figures, counters, tear-down); and the reasons a case is skipped.
  *
- * Every case is registered from data: a workload (bench.h), a variant (table, direct, inline)
- * and, for the table variant, a catalogue entry. The same body runs all of them, so a new
- * allocator is benchmarked by being in the catalogue (or loaded with --plugin), and the
- * baseline and the dispatch-cost pair sit in the same run as everything else:
+ * Every case is registered from data: a workload (bench.h), a variant (table, bare, direct,
+ * inline) and, for the table and bare variants, a catalogue entry. The same body runs all of
+ * them, so a new allocator is benchmarked by being in the catalogue (or loaded with --plugin),
+ * and the baseline, the dispatch-cost pair and the bare peers sit in the same run as everything
+ * else:
  *
  *   inline_freelist    the workload with a free list (a stack of frame pointers) written into the
  *                      loop: the bound;
  *   pool_direct        pool's own Allocate/Free (allocators/pool.h) called directly, beside
  *                      `pool` itself through its table as every allocator is called: the
- *                      dispatch table's cost.
+ *                      dispatch table's cost;
+ *   <peer>_bare        for every entry with a bare hook (the general-purpose peers: system,
+ *                      jemalloc, mimalloc, tcmalloc), the library as its users call it, with no
+ *                      instance and nothing kept per frame: the live set is the workload's own
+ *                      slots, and frames cross threads in prodcons and all2all as the libraries
+ *                      allow. Beside `<peer>` (its KS-conformant instance) it prices the KS
+ *                      contract; it is also the peer to beat. The name keeps the
+ *                      <workload>/<allocator>/<bytes> shape, with "<peer>_bare" as the allocator.
  *
  * One run of a case (Google Benchmark calls the body several times: to find the iteration
  * count, then once per repetition) goes:
@@ -293,6 +301,8 @@ static void *target_allocate(ks_impl impl, ks_bench_target *target)
     switch (impl) {
     case KS_IMPL_TABLE:
         return target->dispatch->Allocate(target->context);
+    case KS_IMPL_BARE:
+        return target->bare->allocate(target->frame_bytes, target->align_bytes);
     case KS_IMPL_DIRECT:
         return ks_pool_allocate(target->context);
     default:
@@ -305,6 +315,9 @@ static void target_free(ks_impl impl, ks_bench_target *target, void *frame)
     switch (impl) {
     case KS_IMPL_TABLE:
         target->dispatch->Free(target->context, frame);
+        break;
+    case KS_IMPL_BARE:
+        target->bare->free(frame, target->frame_bytes, target->align_bytes);
         break;
     case KS_IMPL_DIRECT:
         ks_pool_free(target->context, frame);
@@ -347,6 +360,23 @@ static bool baseline_list(case_shared *shared, ks_bench_target *target, size_t f
     return true;
 }
 
+/* The entry's bare hook, read only when struct_bytes covers it (an entry built before the member
+ * existed has none); NULL when it has none. */
+static const ks_bare_ops *entry_bare(const ks_allocator_entry *entry)
+{
+    if (entry == NULL || entry->struct_bytes < offsetof(ks_allocator_entry, bare) + sizeof entry->bare)
+        return NULL;
+    return entry->bare;
+}
+
+/* A target that calls the entry's library bare, for frames of frame_bytes. */
+static void bare_target(ks_bench_target *target, const ks_allocator_entry *entry, size_t frame_bytes)
+{
+    target->bare = entry_bare(entry);
+    target->frame_bytes = frame_bytes;
+    target->align_bytes = FRAME_ALIGN_BYTES;
+}
+
 /* ---- Shared set-up and tear-down (thread 0) ---------------------------------------------------- */
 
 /* An empty ring of capacity frames; false (failure recorded) when out of memory. */
@@ -359,7 +389,8 @@ static bool init_ring(case_shared *shared, ks_spsc_ring *ring, uint32_t capacity
     return ring->slots != NULL;
 }
 
-/* Per pair: a queue, and either an instance or (inline) a return ring full of frames. */
+/* Per pair: a queue, and either an instance, nothing (bare: the library is shared already) or
+ * (inline) a return ring full of frames. */
 static bool setup_prodcons(bench_case *bc)
 {
     case_shared *shared = bc->shared;
@@ -381,6 +412,8 @@ static bool setup_prodcons(bench_case *bc)
                 ks_spsc_try_push(&shared->return_rings[pair], frame);
             continue;
         }
+        if (bc->impl == KS_IMPL_BARE)
+            continue;
         char why[256];
         if (!open_instance(bc->entry, &shared->pins[pair], pair, NULL, bc->frame_bytes, bc->shape.frames,
                            &shared->contexts[pair], why, sizeof why)) {
@@ -406,6 +439,8 @@ static bool setup_all2all(bench_case *bc)
         uint64_t reserved_bytes = 0;
         if (!baseline_list(shared, &filler, bc->frame_bytes, EXCHANGE_SLOTS, &reserved_bytes))
             return false;
+    } else if (bc->impl == KS_IMPL_BARE) {
+        bare_target(&filler, bc->entry, bc->frame_bytes);
     } else {
         char why[256];
         if (!open_instance(bc->entry, &shared->pins[0], 0, NULL, bc->frame_bytes, bc->shape.frames,
@@ -460,9 +495,12 @@ static void shared_teardown(bench_case *bc)
     if (bc->workload == KS_WL_MT_ALL2ALL && shared->exchange.slots != NULL) {
         ks_bench_target owner = {.dispatch = bc->entry ? bc->entry->dispatch : NULL,
                                  .context = shared->instance_count ? shared->contexts[0] : NULL};
+        if (bc->impl == KS_IMPL_BARE)
+            bare_target(&owner, bc->entry, bc->frame_bytes);
+        bool owned = bc->impl == KS_IMPL_BARE || (bc->impl != KS_IMPL_INLINE && owner.context != NULL);
         for (uint32_t slot = 0; slot < shared->exchange.slot_count; slot++) {
             void *frame = atomic_exchange(&shared->exchange.slots[slot].frame, NULL);
-            if (frame != NULL && bc->impl != KS_IMPL_INLINE && owner.context != NULL)
+            if (frame != NULL && owned)
                 target_free(bc->impl, &owner, frame);
         }
     }
@@ -503,6 +541,10 @@ static bool setup_private_target(bench_case *bc, thread_state *ts, unsigned inde
     ts->target_frame_bytes[index] = frame_bytes;
     if (bc->impl == KS_IMPL_INLINE)
         return baseline_list(bc->shared, target, frame_bytes, frames, &ts->baseline_reserved_bytes);
+    if (bc->impl == KS_IMPL_BARE) {
+        bare_target(target, bc->entry, frame_bytes);
+        return true;
+    }
     char why[256];
     if (!open_instance(bc->entry, &ts->pins[index], index, heap, frame_bytes, frames, &target->context, why,
                        sizeof why)) {
@@ -569,6 +611,10 @@ static bool setup_shared_user(bench_case *bc, int thread, thread_state *ts)
         target->return_ring = &shared->return_rings[instance];
     } else {
         run->exchange = &shared->exchange;
+    }
+    if (bc->impl == KS_IMPL_BARE) {
+        bare_target(target, bc->entry, bc->frame_bytes);
+        return true;
     }
     if (bc->impl != KS_IMPL_INLINE) {
         target->dispatch = bc->entry->dispatch;
@@ -912,9 +958,29 @@ static bool stated_limit(const bench_case *bc, char *why, size_t why_bytes)
         snprintf(why, why_bytes, "alignment %zu is past its max_align_bytes %zu", FRAME_ALIGN_BYTES, entry->max_align_bytes);
         return true;
     }
-    if (workload_info[bc->workload].shares_instance && bc->threads > 1 && !(entry->caps & KS_CAP_THREAD_SAFE)) {
+    /* Bare: the libraries are thread-safe and take frames freed by other threads. */
+    if (workload_info[bc->workload].shares_instance && bc->threads > 1 && bc->impl != KS_IMPL_BARE &&
+        !(entry->caps & KS_CAP_THREAD_SAFE)) {
         snprintf(why, why_bytes, "%u threads call one instance and it does not state KS_CAP_THREAD_SAFE", bc->threads);
         return true;
+    }
+    return false;
+}
+
+/* Bare: one frame of each size the case uses, allocated and freed; false if one is refused. */
+static bool bare_probe_fails(const bench_case *bc, char *why, size_t why_bytes)
+{
+    unsigned sizes = bc->workload == KS_WL_MIXED_HEAP ? MIXED_PINS : 1u;
+    for (unsigned index = 0; index < sizes; index++) {
+        ks_bench_target target = {0};
+        bare_target(&target, bc->entry, bc->workload == KS_WL_MIXED_HEAP ? mixed_frame_bytes[index] : bc->frame_bytes);
+        void *frame = target_allocate(KS_IMPL_BARE, &target);
+        if (frame == NULL) {
+            snprintf(why, why_bytes, "its bare allocate(%zu bytes, alignment %zu) returned NULL", target.frame_bytes,
+                     target.align_bytes);
+            return true;
+        }
+        target_free(KS_IMPL_BARE, &target, frame);
     }
     return false;
 }
@@ -922,6 +988,8 @@ static bool stated_limit(const bench_case *bc, char *why, size_t why_bytes)
 /* Initialises (and deletes) the instances the case would use, as it would; false if they fail. */
 static bool probe_fails(const bench_case *bc, char *why, size_t why_bytes)
 {
+    if (bc->impl == KS_IMPL_BARE)
+        return bare_probe_fails(bc, why, why_bytes);
     ks_heap *heap = NULL;
     ks_error err;
     if (bc->workload == KS_WL_MIXED_HEAP && bc->shared_heap &&
@@ -1038,7 +1106,19 @@ static void frame_sizes(const ks_bench_config *config, ks_workload workload, con
     }
 }
 
-/* One case per variant and allocator, baseline first, for one workload, size and thread count. */
+/* <workload>/<label><suffix>/<bytes or "mix">: the shape bench/ksbench.py splits on '/'. */
+static void name_case(bench_case *candidate, const char *label, const char *suffix)
+{
+    const char *workload = workload_info[candidate->workload].name;
+    if (candidate->workload == KS_WL_MIXED_HEAP)
+        snprintf(candidate->name, sizeof candidate->name, "%s/%s%s/mix", workload, label, suffix);
+    else
+        snprintf(candidate->name, sizeof candidate->name, "%s/%s%s/%zu", workload, label, suffix,
+                 candidate->frame_bytes);
+}
+
+/* One case per variant and allocator, baseline first, for one workload, size and thread count;
+ * an allocator with a bare hook is followed by its library run bare. */
 static void register_group(registrar *reg, ks_workload workload, size_t frame_bytes, unsigned threads)
 {
     const ks_bench_config *config = reg->config;
@@ -1060,10 +1140,13 @@ static void register_group(registrar *reg, ks_workload workload, size_t frame_by
         candidate.impl = index == 0 ? KS_IMPL_INLINE : index == 1 ? KS_IMPL_DIRECT : KS_IMPL_TABLE;
         candidate.entry = index == 0 ? NULL : entry;
         candidate.shared_heap = (entry->caps & KS_CAP_SHARED_HEAP) && (entry->caps & KS_CAP_ANY_SIZE);
-        if (workload == KS_WL_MIXED_HEAP)
-            snprintf(candidate.name, sizeof candidate.name, "%s/%s/mix", workload_info[workload].name, label);
-        else
-            snprintf(candidate.name, sizeof candidate.name, "%s/%s/%zu", workload_info[workload].name, label, frame_bytes);
+        name_case(&candidate, label, "");
+        register_case(reg, &candidate);
+        if (candidate.impl != KS_IMPL_TABLE || entry_bare(entry) == NULL || reg->out_of_memory)
+            continue;
+        candidate.impl = KS_IMPL_BARE; /* the same library as its users call it, right after */
+        candidate.shared_heap = false;
+        name_case(&candidate, label, "_bare");
         register_case(reg, &candidate);
     }
 }

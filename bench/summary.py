@@ -92,18 +92,46 @@ def best_of(by_allocator, accept):
 
 
 def versus_peers(report):
-    lines = ["best ksalloc allocator vs best general-purpose allocator (%s), per workload:"
-             % ", ".join(ksbench.PEERS)]
+    """Per workload, the best ksalloc design against the best peer library called bare (as its
+    users call it) and against the best KS-conformant peer instance; then the geometric mean of
+    best design / best bare peer over the workloads where both ran."""
+    lines = ["best ksalloc allocator vs the best general-purpose library called bare (%s), and vs the "
+             "best KS-conformant peer instance, per workload:" % ", ".join(ksbench.BARE_PEERS)]
+    ratios = []
     for group, by_allocator in ksbench.groups(report).items():
         ours = best_of(by_allocator, ksbench.is_ksalloc_allocator)
-        theirs = best_of(by_allocator, lambda name: name in ksbench.PEERS)
-        if ours is None or theirs is None:
+        bare = best_of(by_allocator, ksbench.is_bare_peer)
+        conformant = best_of(by_allocator, lambda name: name in ksbench.PEERS)
+        if ours is None or (bare is None and conformant is None):
             continue
-        speedup = theirs.ns_per_op() / ours.ns_per_op()
-        lines.append("  %-40s %-12s %9s/op vs %-10s %9s/op  %5.2fx %s"
+        parts = []
+        for theirs in (bare, conformant):
+            if theirs is None:
+                parts.append("%-14s %12s" % ("-", "-"))
+                continue
+            speedup = theirs.ns_per_op() / ours.ns_per_op()
+            parts.append("%-14s %9s/op %5.2fx %s" % (theirs.allocator, ksbench.human_time(theirs.ns_per_op()),
+                         speedup if speedup >= 1 else 1 / speedup, "faster" if speedup >= 1 else "slower"))
+        if bare is not None:
+            ratios.append(ours.ns_per_op() / bare.ns_per_op())
+        lines.append("  %-40s %-12s %9s/op | vs bare: %s | vs conformant: %s"
                      % (ksbench.group_title(group), ours.allocator, ksbench.human_time(ours.ns_per_op()),
-                        theirs.allocator, ksbench.human_time(theirs.ns_per_op()),
-                        speedup if speedup >= 1 else 1 / speedup, "faster" if speedup >= 1 else "slower"))
+                        parts[0], parts[1]))
+    mean = ksbench.geomean(ratios)
+    if mean:
+        lines.append("  best ksalloc design / best bare peer: geometric mean %.2fx over %d workloads "
+                     "(below 1 = the design is faster)" % (mean, len(ratios)))
+    return lines
+
+
+def contract_cost(report):
+    """Per peer: its KS-conformant instance over the same library called bare, same run."""
+    lines = ["cost of the KS contract per peer (KS-conformant instance / the same library called bare; "
+             "1.00x = free): the record an instance keeps per live frame so that DeleteAllocator can "
+             "release frames still live and a Free of a frame not live is refused"]
+    for peer in ksbench.PEERS:
+        lines += ratio_lines(report, peer, peer + ksbench.BARE_SUFFIX, "  " + peer,
+                             accept=lambda group: not group[0].startswith("dma_"))[:1]
     return lines
 
 
@@ -117,6 +145,8 @@ def headlines(report):
                          "dispatch table's cost: pool via its table / pool's Allocate/Free called directly")
     lines.append("")
     lines += versus_peers(report)
+    lines.append("")
+    lines += contract_cost(report)
     lines.append("")
     lines += ratio_lines(report, "memcpy", "engine",
                          "DMA engine's copy throughput / memcpy's (ring fed; above 1 = faster than memcpy)")

@@ -88,7 +88,7 @@ const ks_allocator_entry *ks_catalogue_find(const char *name)
 #define ENTRY_NAME_MAX_BYTES 63u
 
 /* The smallest entry the host can use: everything up to and including the dispatch pointer.
- * Later members (self_check, counters) are optional and read only when struct_bytes covers them. */
+ * Later members (self_check, counters, bare) are optional and read only when struct_bytes covers them. */
 #define ENTRY_MIN_BYTES (offsetof(ks_allocator_entry, dispatch) + sizeof(((ks_allocator_entry *)0)->dispatch))
 
 _Static_assert(ENTRY_MIN_BYTES <= sizeof(ks_allocator_entry), "the minimum entry is a prefix of the entry");
@@ -142,6 +142,17 @@ static NTSTATUS validate_dispatch(const ks_allocator_entry *entry, const char *o
     return STATUS_SUCCESS;
 }
 
+/* The optional bare hook, read only when struct_bytes covers it (an older entry has none). */
+static NTSTATUS validate_bare(const ks_allocator_entry *entry, const char *origin, ks_error *err)
+{
+    if (entry->struct_bytes < offsetof(ks_allocator_entry, bare) + sizeof entry->bare || entry->bare == NULL)
+        return STATUS_SUCCESS;
+    if (entry->bare->allocate == NULL || entry->bare->free == NULL)
+        return ks_error_set(err, STATUS_INVALID_IMAGE_FORMAT, "%s: allocator '%s': bare->%s is NULL", origin,
+                            entry->name, entry->bare->allocate == NULL ? "allocate" : "free");
+    return STATUS_SUCCESS;
+}
+
 NTSTATUS ks_entry_validate(const ks_allocator_entry *entry, const char *origin, ks_error *err)
 {
     if (origin == NULL)
@@ -163,7 +174,10 @@ NTSTATUS ks_entry_validate(const ks_allocator_entry *entry, const char *origin, 
     if (entry->description == NULL || entry->description[0] == '\0')
         return ks_error_set(err, STATUS_INVALID_IMAGE_FORMAT, "%s: allocator '%s': description is %s", origin,
                             entry->name, entry->description == NULL ? "NULL" : "empty");
-    return validate_dispatch(entry, origin, err);
+    NTSTATUS status = validate_dispatch(entry, origin, err);
+    if (!NT_SUCCESS(status))
+        return status;
+    return validate_bare(entry, origin, err);
 }
 
 /* ---- Capabilities ----------------------------------------------------------------------------- */

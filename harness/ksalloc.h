@@ -191,6 +191,24 @@ typedef struct ks_counter {
     uint64_t value;
 } ks_counter;
 
+/*
+ * How a user of a general-purpose library calls it, with nothing kept per frame: aligned
+ * allocation and a free that is told the size and alignment again (C23's free_aligned_sized
+ * shape, so that a sized free such as jemalloc's sdallocx can be used). No instance and no
+ * DeleteAllocator: whatever the caller does not free stays allocated. The benchmarks run such
+ * a "bare" peer beside its KS-conformant instances, so the cost of the KS contract (a per-frame
+ * record that lets DeleteAllocator release live frames, a refusal of foreign frees) reads as a
+ * ratio. Both functions are thread-safe, and a frame may be freed by a thread other than the one
+ * that allocated it.
+ */
+typedef struct ks_bare_ops {
+    /* frame_bytes >= 1 bytes aligned to align_bytes (a power of two, at most the entry's
+     * max_align_bytes); NULL when the library cannot serve. */
+    void *(*allocate)(size_t frame_bytes, size_t align_bytes);
+    /* A frame from allocate, with the frame_bytes and align_bytes it was allocated with. */
+    void (*free)(void *frame, size_t frame_bytes, size_t align_bytes);
+} ks_bare_ops;
+
 typedef struct ks_allocator_entry {
     ULONG abi_version;  /* KSALLOC_ABI_VERSION the entry was built against */
     ULONG struct_bytes; /* sizeof(ks_allocator_entry) as built, for forward compatibility */
@@ -208,6 +226,10 @@ typedef struct ks_allocator_entry {
     NTSTATUS (*self_check)(PVOID Context, char *why, size_t why_bytes);
     /* Optional: fills up to max_counters counters, returns how many it filled. */
     size_t (*counters)(PVOID Context, ks_counter *out, size_t max_counters);
+    /* Optional (read only when struct_bytes covers it): how a user of the underlying library
+     * calls it -- aligned allocation and free with nothing kept per frame (ks_bare_ops). NULL
+     * for allocators that are not a general-purpose library. If set, both functions are set. */
+    const ks_bare_ops *bare;
 } ks_allocator_entry;
 
 /* The symbol a plugin exports: returns its entry for a host of ABI version host_abi_version. */

@@ -21,6 +21,8 @@
  *  - KS_CAP_SHARED_HEAP: two pins on one heap get non-overlapping frames and leave the heap
  *    detached; KS_CAP_THREAD_SAFE: two threads on one instance neither share a frame nor
  *    exceed the bound;
+ *  - an entry's bare hook (ks_bare_ops, the library as its users call it): frames aligned,
+ *    writable, disjoint, and freed from another thread as readily as from their own;
  *  - the same through ks_verifier_dispatch, with zero faults, and a leak at DeleteAllocator
  *    reported as exactly that.
  *  - KS_CAP_DMA: every pin gets the adapter of an emulated device (SUBJECT_DMA_OPTIONS), the
@@ -30,13 +32,17 @@
  *    alignment and count, and cover the frame, on several strict device descriptions.
  * Allocator-specific behaviour (pool's stride and LIFO order, lookaside's hit/miss accounting,
  * system being glibc's heap, jemalloc's arenas, each self_check catching a broken state) follows
- * in suites named after the allocator.
+ * in suites named after the allocator; `peers` holds the four general-purpose peers to their
+ * thread-safe instances: two threads trading frames on one instance, then DeleteAllocator
+ * releasing what neither freed, as each library's own figures show.
  */
 #include <criterion/criterion.h>
 #include <criterion/parameterized.h>
 #include <fcntl.h>
+#include <gperftools/malloc_extension_c.h>
 #include <jemalloc/jemalloc.h>
 #include <malloc.h>
+#include <mimalloc.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -82,8 +88,10 @@ int __lsan_do_recoverable_leak_check(void);
 
 #if SANITIZER_HEAP
 /* From compiler-rt's <sanitizer/allocator_interface.h>, which gcc does not install: non-zero when
- * p is the start of a block the sanitizer's allocator handed out. */
+ * p is the start of a block the sanitizer's allocator handed out; the bytes its heap has handed
+ * out and not yet had back. */
 int __sanitizer_get_ownership(const volatile void *p);
+size_t __sanitizer_get_current_allocated_bytes(void);
 #endif
 
 #define EXAMPLE_PLUGIN_PATH KS_BUILD_DIR "/lib/plugins/example_plugin.so"
@@ -957,6 +965,77 @@ CONFORMANCE_TEST(thread_safe_instances_survive_two_threads)
     subject_close(&subj);
 }
 
+/* ---- The bare hook ------------------------------------------------------------------------------ */
+
+/* The entry's bare hook, read only when struct_bytes covers it (as the host does). */
+static const ks_bare_ops *entry_bare(const ks_allocator_entry *entry)
+{
+    if (entry->struct_bytes < offsetof(ks_allocator_entry, bare) + sizeof entry->bare)
+        return NULL;
+    return entry->bare;
+}
+
+#define BARE_FRAMES 16u
+
+typedef struct bare_batch {
+    const ks_bare_ops *bare;
+    void **frames;
+    size_t count;
+    size_t frame_bytes;
+    size_t align_bytes;
+} bare_batch;
+
+static void *bare_free_batch(void *arg)
+{
+    bare_batch *batch = arg;
+    for (size_t index = 0; index < batch->count; index++)
+        batch->bare->free(batch->frames[index], batch->frame_bytes, batch->align_bytes);
+    return NULL;
+}
+
+/* BARE_FRAMES frames of one size and alignment: checked as an instance's are, then half freed
+ * here and half on another thread. */
+static void bare_round(const subject *subj, const ks_bare_ops *bare, size_t frame_bytes, size_t align_bytes)
+{
+    char label[128];
+    snprintf(label, sizeof label, "%s bare [FrameSize=%zu align=%zu]", subj->name, frame_bytes, align_bytes);
+    void *frames[BARE_FRAMES];
+    for (size_t index = 0; index < BARE_FRAMES; index++)
+        cr_assert_not_null(frames[index] = bare->allocate(frame_bytes, align_bytes), "%s: allocate %zu: NULL", label,
+                           index);
+    check_frames(label, frames, BARE_FRAMES, frame_bytes, align_bytes);
+    bare_batch here = {bare, frames, BARE_FRAMES / 2, frame_bytes, align_bytes};
+    bare_batch there = {bare, frames + BARE_FRAMES / 2, BARE_FRAMES - BARE_FRAMES / 2, frame_bytes, align_bytes};
+    pthread_t thread;
+    cr_assert_eq(pthread_create(&thread, NULL, bare_free_batch, &there), 0);
+    bare_free_batch(&here);
+    cr_assert_eq(pthread_join(thread, NULL), 0);
+}
+
+CONFORMANCE_TEST(bare_frames_are_aligned_writable_and_disjoint)
+{
+    subject subj;
+    subject_open(param, &subj);
+    const ks_bare_ops *bare = entry_bare(subj.entry);
+    if (bare == NULL) {
+        char name[64];
+        snprintf(name, sizeof name, "%s", subj.name);
+        subject_close(&subj);
+        cr_skip_test("%s has no bare hook (not a general-purpose library)", name);
+    }
+    cr_assert(bare->allocate != NULL && bare->free != NULL, "%s: a bare hook with a NULL function", subj.name);
+    for (size_t s = 0; s < sizeof battery_frame_bytes / sizeof battery_frame_bytes[0]; s++)
+        for (size_t a = 0; a < sizeof battery_align_masks / sizeof battery_align_masks[0]; a++)
+            if (framing_within_limits(subj.entry, battery_frame_bytes[s], battery_align_masks[a] + 1u))
+                bare_round(&subj, bare, battery_frame_bytes[s], battery_align_masks[a] + 1u);
+    /* A frame exactly as large as its alignment, 256 to 1024 bytes: where mimalloc 2.0.9's
+     * mi_malloc_aligned handed out unaligned blocks (microsoft/mimalloc#700). */
+    for (size_t bytes = 256; bytes <= 1024; bytes *= 2)
+        if (framing_within_limits(subj.entry, bytes, bytes))
+            bare_round(&subj, bare, bytes, bytes);
+    subject_close(&subj);
+}
+
 /* ---- Through the verifier ------------------------------------------------------------------- */
 
 typedef struct verified {
@@ -1314,6 +1393,35 @@ Test(catalogue, entries_are_valid_unique_and_findable)
     const char *first_four[] = {"system", "jemalloc", "lookaside", "pool"};
     for (size_t index = 0; index < 4; index++)
         cr_assert_not_null(ks_catalogue_find(first_four[index]), "%s is missing", first_four[index]);
+}
+
+/* A bare hook must have both functions; an entry built before the member existed (struct_bytes
+ * short of it) is not read there at all. */
+Test(catalogue, a_bare_hook_is_validated_only_where_struct_bytes_covers_it)
+{
+    const ks_allocator_entry *system = ks_catalogue_find("system");
+    cr_assert_not_null(system);
+    cr_assert_not_null(entry_bare(system), "system lost its bare hook");
+    ks_bare_ops half = *system->bare;
+    half.free = NULL;
+    ks_allocator_entry entry = *system;
+    entry.bare = &half;
+    ks_error err;
+    ks_error_clear(&err);
+    cr_assert_eq(ks_entry_validate(&entry, "test", &err), STATUS_INVALID_IMAGE_FORMAT, "a bare hook without free");
+    cr_assert_not_null(strstr(err.message, "bare->free"), "%s", err.message);
+    entry.struct_bytes = (ULONG)offsetof(ks_allocator_entry, bare); /* an older entry: bare is not its member */
+    ks_error_clear(&err);
+    cr_assert_eq(ks_entry_validate(&entry, "test", &err), STATUS_SUCCESS, "%s", err.message);
+    const char *peers[] = {"system", "jemalloc", "mimalloc", "tcmalloc"};
+    for (size_t index = 0; index < ks_catalogue_count(); index++) {
+        const ks_allocator_entry *each = ks_catalogue_at(index);
+        bool peer = false;
+        for (size_t p = 0; p < sizeof peers / sizeof peers[0]; p++)
+            peer = peer || strcmp(each->name, peers[p]) == 0;
+        cr_assert_eq(entry_bare(each) != NULL, peer, "%s: a bare hook is for the general-purpose peers only",
+                     each->name);
+    }
 }
 
 /* ---- pool --------------------------------------------------------------------------------------- */
@@ -1675,10 +1783,10 @@ Test(tcmalloc, free_of_a_frame_not_live_is_reported_not_passed_on)
 /* ---- jemalloc ------------------------------------------------------------------------------- */
 
 /* The defaults of KS_JEMALLOC_IDLE_ARENAS, KS_JEMALLOC_IDLE_ARENA_MAX_BYTES and
- * KS_JEMALLOC_TCACHE_AFTER_ALLOCS in allocators/jemalloc.c. */
+ * KS_JEMALLOC_TCACHE_AFTER_CALLS in allocators/jemalloc.c. */
 #define JEMALLOC_IDLE_ARENAS 8u
 #define JEMALLOC_IDLE_ARENA_MAX_BYTES ((size_t)8 << 20)
-#define JEMALLOC_TCACHE_AFTER_ALLOCS 256u
+#define JEMALLOC_TCACHE_AFTER_CALLS 256u
 
 static unsigned jemalloc_arena_of(void *frame)
 {
@@ -1748,35 +1856,42 @@ Test(jemalloc, private_instances_have_their_own_arenas)
     instance_delete(&second);
 }
 
-/* The explicit tcache comes after the first JEMALLOC_TCACHE_AFTER_ALLOCS allocations, and frames
- * allocated before it are freed through it without harm. */
-Test(jemalloc, an_instance_takes_its_explicit_tcache_after_its_first_allocations)
+/* A thread's explicit tcache comes after its first JEMALLOC_TCACHE_AFTER_CALLS calls (Allocate or
+ * Free) of the instance, and frames allocated before it are freed through it without harm. */
+Test(jemalloc, a_thread_takes_its_explicit_tcache_after_its_first_calls)
 {
     subject subj = builtin_subject("jemalloc");
     KSALLOCATOR_FRAMING framing = ks_test_framing(0, 256, 15, false);
     instance inst;
     instance_open_ok(&inst, &subj, &framing, NULL, 0);
     unsigned arena = (unsigned)counter_value(&inst, "arena");
-    cr_assert_eq(counter_value(&inst, "explicit_tcache"), 0, "a tcache before the first allocation");
+    cr_assert_eq(counter_value(&inst, "explicit_tcache"), 0, "a tcache before the first call");
     void *early[8];
     for (unsigned index = 0; index < 8; index++)
         cr_assert_not_null(early[index] = instance_allocate(&inst));
-    cr_assert_eq(counter_value(&inst, "explicit_tcache"), 0, "a tcache after 8 allocations");
-    unsigned allocations = 8;
-    while (counter_value(&inst, "explicit_tcache") == 0 && allocations < 4 * JEMALLOC_TCACHE_AFTER_ALLOCS) {
-        void *frame = instance_allocate(&inst);
-        cr_assert_not_null(frame);
-        instance_free(&inst, frame);
-        allocations++;
+    cr_assert_eq(counter_value(&inst, "explicit_tcache"), 0, "a tcache after 8 calls");
+    unsigned calls = 8;
+    void *held = NULL; /* alternately Allocate and Free, checking after each call */
+    while (counter_value(&inst, "explicit_tcache") == 0 && calls < 4 * JEMALLOC_TCACHE_AFTER_CALLS) {
+        if (held == NULL) {
+            cr_assert_not_null(held = instance_allocate(&inst));
+        } else {
+            instance_free(&inst, held);
+            held = NULL;
+        }
+        calls++;
     }
-    cr_assert_eq(allocations, JEMALLOC_TCACHE_AFTER_ALLOCS, "the tcache came after %u allocations, not %u",
-                 allocations, JEMALLOC_TCACHE_AFTER_ALLOCS);
+    cr_assert_eq(calls, JEMALLOC_TCACHE_AFTER_CALLS, "the tcache came after %u calls, not %u", calls,
+                 JEMALLOC_TCACHE_AFTER_CALLS);
+    if (held != NULL)
+        instance_free(&inst, held);
     for (unsigned index = 0; index < 8; index++) { /* allocated without the tcache, freed through it */
         cr_assert_eq(jemalloc_arena_of(early[index]), arena);
         instance_free(&inst, early[index]);
     }
     void *late = instance_allocate(&inst);
     cr_assert_eq(jemalloc_arena_of(late), arena, "frame %p from the tcache is not of arena %u", late, arena);
+    cr_assert_eq(counter_value(&inst, "threads"), 1);
     check_self(&inst, "after the switch to the tcache");
     instance_delete(&inst);
 }
@@ -1796,10 +1911,10 @@ Test(jemalloc, delete_resets_and_parks_the_private_arena)
     unsigned small_arena = (unsigned)counter_value(&small_inst, "arena");
     for (unsigned index = 0; index < 8; index++)
         memset(instance_allocate(&large_inst), 0x5a, 65536);
-    void *small_frames[2 * JEMALLOC_TCACHE_AFTER_ALLOCS];
-    for (unsigned index = 0; index < 2 * JEMALLOC_TCACHE_AFTER_ALLOCS; index++)
+    void *small_frames[2 * JEMALLOC_TCACHE_AFTER_CALLS];
+    for (unsigned index = 0; index < 2 * JEMALLOC_TCACHE_AFTER_CALLS; index++)
         cr_assert_not_null(small_frames[index] = instance_allocate(&small_inst));
-    for (unsigned index = 0; index < JEMALLOC_TCACHE_AFTER_ALLOCS; index += 2)
+    for (unsigned index = 0; index < JEMALLOC_TCACHE_AFTER_CALLS; index += 2)
         instance_free(&small_inst, small_frames[index]); /* into the tcache */
     cr_assert_eq(counter_value(&small_inst, "explicit_tcache"), 1);
     cr_assert_gt(jemalloc_arena_stat_now(large_arena, "large.allocated"), 0, "the test's own control");
@@ -1821,7 +1936,7 @@ Test(jemalloc, the_next_instance_reuses_a_parked_arena_alone)
     subject subj = builtin_subject("jemalloc");
     ks_jemalloc_idle_trim();
     KSALLOCATOR_FRAMING framing = ks_test_framing(0, 256, 15, false);
-    enum { FRAMES = 3 * JEMALLOC_TCACHE_AFTER_ALLOCS };
+    enum { FRAMES = 3 * JEMALLOC_TCACHE_AFTER_CALLS };
     instance first;
     instance_open_ok(&first, &subj, &framing, NULL, 0);
     cr_assert_eq(counter_value(&first, "arena_reused"), 0, "nothing was parked");
@@ -2053,4 +2168,214 @@ Test(jemalloc, free_of_a_frame_not_live_is_reported_on_a_shared_heap)
     expect_self_check_failure(&inst, "not live", "a double free on a shared heap");
     instance_delete(&inst);
     cr_assert_eq(ks_heap_destroy(heap, &err), STATUS_SUCCESS, "%s", err.message);
+}
+
+/* ---- Peers: one thread-safe instance, two threads, then DeleteAllocator --------------------------- *
+ * Two threads hammer one instance of a general-purpose peer and trade frames through a shared
+ * exchange (each frees frames the other allocated), checking a stamp at both ends of every frame
+ * before freeing it. At the end the exchange and each thread still hold frames that neither
+ * freed; the instance's frames_live counter must count them, and after DeleteAllocator the
+ * library's own figures must show them gone: glibc's bytes in use (the sanitizer heap's in ASan
+ * builds), tcmalloc's current_allocated_bytes, the jemalloc instance's arena parked empty, and,
+ * for mimalloc, whose frames sit in the two threads' own heaps, the frame-sized blocks each
+ * thread's heap still holds, counted by that thread while it is still alive. */
+
+#define PEER_FRAME_BYTES 4096u
+#define PEER_EXCHANGE_SLOTS 32u
+#define PEER_OPS 60000u
+#define PEER_KEPT 8u /* frames each thread keeps to the end */
+#define PEER_STAMP UINT64_C(0x5EE12BADC0FFEE00)
+
+typedef enum peer_probe {
+    PEER_PROBE_GLIBC,            /* glibc's (or the sanitizer's) heap, in bytes */
+    PEER_PROBE_TCMALLOC,         /* tcmalloc's allocated bytes */
+    PEER_PROBE_JEMALLOC_ARENA,   /* the instance's private arena, parked empty after the delete */
+    PEER_PROBE_MIMALLOC_THREADS, /* frame-sized blocks in each thread's default heap */
+} peer_probe;
+
+typedef struct peer_run {
+    instance *inst;
+    _Atomic(void *) *exchange;
+    pthread_barrier_t *phase; /* start; all frames placed; deleted; counted */
+    peer_probe probe;
+    uint64_t seed;
+    void *kept[PEER_KEPT];
+    size_t heap_blocks_before; /* mimalloc: before and after the delete, counted by this thread */
+    size_t heap_blocks_after;
+    char failure[256];
+} peer_run;
+
+static void peer_stamp(void *frame)
+{
+    uint64_t stamp = (uint64_t)(uintptr_t)frame ^ PEER_STAMP;
+    memcpy(frame, &stamp, sizeof stamp);
+    memcpy((char *)frame + PEER_FRAME_BYTES - sizeof stamp, &stamp, sizeof stamp);
+}
+
+static bool peer_stamp_intact(const void *frame)
+{
+    uint64_t head, tail, stamp = (uint64_t)(uintptr_t)frame ^ PEER_STAMP;
+    memcpy(&head, frame, sizeof head);
+    memcpy(&tail, (const char *)frame + PEER_FRAME_BYTES - sizeof tail, sizeof tail);
+    return head == stamp && tail == stamp;
+}
+
+static bool count_frame_block(const mi_heap_t *heap, const mi_heap_area_t *area, void *block, size_t block_bytes,
+                              void *arg)
+{
+    (void)heap;
+    (void)area;
+    if (block != NULL && block_bytes >= PEER_FRAME_BYTES)
+        (*(size_t *)arg)++;
+    return true;
+}
+
+/* Frame-sized blocks live in the calling thread's default mimalloc heap, once the frees other
+ * threads made into it have landed. */
+static size_t mimalloc_thread_frame_blocks(void)
+{
+    mi_heap_t *heap = mi_heap_get_default();
+    mi_heap_collect(heap, false);
+    size_t blocks = 0;
+    mi_heap_visit_blocks(heap, true, count_frame_block, &blocks);
+    return blocks;
+}
+
+static void *peer_thread(void *arg)
+{
+    peer_run *run = arg;
+    uint64_t state = run->seed;
+    pthread_barrier_wait(run->phase);
+    for (unsigned op = 0; op < PEER_OPS && run->failure[0] == '\0'; op++) {
+        void *frame = instance_allocate(run->inst);
+        if (frame == NULL) {
+            snprintf(run->failure, sizeof run->failure, "op %u: Allocate returned NULL", op);
+            break;
+        }
+        peer_stamp(frame);
+        size_t slot = (size_t)(next_random(&state) >> 40) % PEER_EXCHANGE_SLOTS;
+        void *previous = atomic_exchange(&run->exchange[slot], frame);
+        if (previous == NULL)
+            continue;
+        if (!peer_stamp_intact(previous))
+            snprintf(run->failure, sizeof run->failure, "op %u: frame %p was written while it was live", op,
+                     previous);
+        instance_free(run->inst, previous);
+    }
+    for (size_t index = 0; index < PEER_KEPT && run->failure[0] == '\0'; index++) {
+        run->kept[index] = instance_allocate(run->inst);
+        if (run->kept[index] == NULL)
+            snprintf(run->failure, sizeof run->failure, "kept frame %zu: Allocate returned NULL", index);
+        else
+            peer_stamp(run->kept[index]);
+    }
+    if (run->probe == PEER_PROBE_MIMALLOC_THREADS)
+        run->heap_blocks_before = mimalloc_thread_frame_blocks();
+    pthread_barrier_wait(run->phase); /* every frame placed; the main thread deletes the instance */
+    pthread_barrier_wait(run->phase);
+    if (run->probe == PEER_PROBE_MIMALLOC_THREADS)
+        run->heap_blocks_after = mimalloc_thread_frame_blocks();
+    pthread_barrier_wait(run->phase);
+    return NULL;
+}
+
+/* Bytes the peer's library says are in use now (the probes that count bytes). */
+static uint64_t peer_bytes_in_use(peer_probe probe)
+{
+    if (probe == PEER_PROBE_TCMALLOC) {
+        size_t allocated_bytes = 0;
+        cr_assert(MallocExtension_GetNumericProperty("generic.current_allocated_bytes", &allocated_bytes));
+        return allocated_bytes;
+    }
+#if SANITIZER_HEAP
+    return __sanitizer_get_current_allocated_bytes();
+#else
+    struct mallinfo2 info = mallinfo2();
+    return info.uordblks + info.hblkhd;
+#endif
+}
+
+static void peer_two_threads_then_delete(const char *name, peer_probe probe)
+{
+    subject subj = builtin_subject(name);
+    cr_assert(has_cap(&subj, KS_CAP_THREAD_SAFE), "%s does not claim KS_CAP_THREAD_SAFE", name);
+    ks_jemalloc_idle_trim();
+    KSALLOCATOR_FRAMING framing = ks_test_framing(0, PEER_FRAME_BYTES, 63, false);
+    instance inst;
+    instance_open_ok(&inst, &subj, &framing, NULL, 0);
+    _Atomic(void *) exchange[PEER_EXCHANGE_SLOTS];
+    for (size_t slot = 0; slot < PEER_EXCHANGE_SLOTS; slot++)
+        atomic_init(&exchange[slot], NULL);
+    pthread_barrier_t phase;
+    cr_assert_eq(pthread_barrier_init(&phase, NULL, 3), 0);
+    peer_run runs[2];
+    pthread_t threads[2];
+    for (unsigned t = 0; t < 2; t++) {
+        runs[t] = (peer_run){.inst = &inst, .exchange = exchange, .phase = &phase, .probe = probe,
+                             .seed = 0xC0FFEE11u + 7919u * t};
+        cr_assert_eq(pthread_create(&threads[t], NULL, peer_thread, &runs[t]), 0);
+    }
+    pthread_barrier_wait(&phase); /* go */
+    pthread_barrier_wait(&phase); /* every frame placed */
+    size_t frames_live = 2 * PEER_KEPT;
+    for (size_t slot = 0; slot < PEER_EXCHANGE_SLOTS; slot++) {
+        void *frame = atomic_load(&exchange[slot]);
+        if (frame != NULL) {
+            frames_live++;
+            cr_assert(peer_stamp_intact(frame), "%s: frame %p in the exchange was overwritten", inst.label, frame);
+        }
+    }
+    for (unsigned t = 0; t < 2; t++)
+        cr_assert_eq(runs[t].failure[0], '\0', "%s: thread %u: %s", inst.label, t, runs[t].failure);
+    check_counters(&inst, frames_live);
+    check_self(&inst, "with frames of two threads live");
+    unsigned arena = probe == PEER_PROBE_JEMALLOC_ARENA ? (unsigned)counter_value(&inst, "arena") : 0;
+    uint64_t before_bytes = probe == PEER_PROBE_GLIBC || probe == PEER_PROBE_TCMALLOC ? peer_bytes_in_use(probe) : 0;
+    instance_delete(&inst); /* neither thread freed the exchange's frames nor its kept ones */
+    uint64_t after_bytes = probe == PEER_PROBE_GLIBC || probe == PEER_PROBE_TCMALLOC ? peer_bytes_in_use(probe) : 0;
+    pthread_barrier_wait(&phase); /* deleted: the threads count what their heaps still hold */
+    pthread_barrier_wait(&phase);
+    for (unsigned t = 0; t < 2; t++)
+        cr_assert_eq(pthread_join(threads[t], NULL), 0);
+    pthread_barrier_destroy(&phase);
+    switch (probe) {
+    case PEER_PROBE_GLIBC:
+    case PEER_PROBE_TCMALLOC:
+        cr_assert_geq(before_bytes - after_bytes, frames_live * (uint64_t)PEER_FRAME_BYTES,
+                      "%s: DeleteAllocator gave back %llu bytes for %zu live frames of %u bytes", name,
+                      (unsigned long long)(before_bytes - after_bytes), frames_live, PEER_FRAME_BYTES);
+        break;
+    case PEER_PROBE_JEMALLOC_ARENA:
+        expect_parked_and_empty(arena, "after two threads and a delete with frames live");
+        ks_jemalloc_idle_trim();
+        break;
+    case PEER_PROBE_MIMALLOC_THREADS:
+        cr_assert_geq(runs[0].heap_blocks_before + runs[1].heap_blocks_before, frames_live,
+                      "%s: the test's own control: the threads' heaps hold %zu frame blocks for %zu live frames",
+                      name, runs[0].heap_blocks_before + runs[1].heap_blocks_before, frames_live);
+        for (unsigned t = 0; t < 2; t++)
+            cr_assert_eq(runs[t].heap_blocks_after, 0, "%s: thread %u's heap still holds %zu frame blocks", name, t,
+                         runs[t].heap_blocks_after);
+        break;
+    }
+}
+
+Test(peers, system_two_threads_on_one_instance_then_delete_releases_what_neither_freed)
+{
+    peer_two_threads_then_delete("system", PEER_PROBE_GLIBC);
+}
+
+Test(peers, jemalloc_two_threads_on_one_instance_then_delete_releases_what_neither_freed)
+{
+    peer_two_threads_then_delete("jemalloc", PEER_PROBE_JEMALLOC_ARENA);
+}
+
+Test(peers, mimalloc_two_threads_on_one_instance_then_delete_releases_what_neither_freed)
+{
+    peer_two_threads_then_delete("mimalloc", PEER_PROBE_MIMALLOC_THREADS);
+}
+
+Test(peers, tcmalloc_two_threads_on_one_instance_then_delete_releases_what_neither_freed)
+{
+    peer_two_threads_then_delete("tcmalloc", PEER_PROBE_TCMALLOC);
 }

@@ -156,7 +156,7 @@ Test(mt, private_streams_are_a_function_of_the_seed)
 
 Test(mt, not_thread_safe_allocators_are_refused_with_threads)
 {
-    const char *names[] = {"pool", "mimalloc"};
+    const char *names[] = {"pool", "ring"};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         const ks_allocator_entry *entry = ks_catalogue_find(names[i]);
         cr_assert_not_null(entry, "%s is not catalogued", names[i]);
@@ -173,11 +173,11 @@ Test(mt, not_thread_safe_allocators_are_refused_with_threads)
     }
 }
 
-/* One thread and no churn runs on the caller's thread: allocators bound to their creating thread
- * (mimalloc) and allocators with no thread safety (pool) run clean. */
+/* One thread and no churn runs on the caller's thread: allocators with no thread safety (pool,
+ * ring) run clean. */
 Test(mt, one_thread_runs_any_allocator_on_the_callers_thread)
 {
-    const char *names[] = {"pool", "mimalloc"};
+    const char *names[] = {"pool", "ring"};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         ks_mt_stats stats;
         verified_run(ks_catalogue_find(names[i]), KS_MT_PRIVATE, 1, 0, false, &stats);

@@ -7,7 +7,11 @@
  * session per case, with threads exiting and being replaced during the run (thread churn), so
  * frames allocated by a thread that has exited are freed by another and per-thread caches are
  * torn down while their frames are still live elsewhere. For EVERY catalogued allocator it then
- * runs a single-thread conformance smoke: each single-thread profile through the verifier.
+ * runs a single-thread conformance smoke: each single-thread profile through the verifier. Two
+ * cases stand apart from the catalogue walk: the sharded live-frame set of the thread-safe peers
+ * (allocators/frame_set.c) hammered directly, its bias revoked while its first thread is busy,
+ * frames released by threads that did not insert them; and every entry's bare hook (the library
+ * as its users call it) with frames allocated on one thread and freed on another.
  *
  * One line per case, then "stress: N passed, N failed". Exit status: 0 when every case passed,
  * 1 when one failed (a verifier fault, a DMA checker report or a run error); a TSan report ends the
@@ -19,11 +23,16 @@
  * cores with the whole catalogue.
  */
 #include <inttypes.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stddef.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "../../allocators/frame_set.h"
 #include "catalogue.h"
 #include "mt.h"
 #include "verifier.h"
@@ -160,8 +169,198 @@ static void run_st_case(const stress_config *config, const ks_allocator_entry *e
         ks_verifier_destroy(verifier);
 }
 
+/* ---- The sharded live-frame set, directly ---------------------------------------------------------- */
+
+#define SET_STRESS_THREADS 4u
+#define SET_STRESS_SLOTS 64u
+#define SET_STRESS_HELD 16u
+
+typedef struct set_stress {
+    ks_sharded_frame_set set;
+    _Atomic(uintptr_t) exchange[SET_STRESS_SLOTS]; /* frames handed between threads */
+    atomic_bool others_started;
+    uint64_t ops;
+    char failure[4][160]; /* per thread: its first failure */
+} set_stress;
+
+typedef struct set_stress_thread {
+    set_stress *stress;
+    unsigned index;
+    uintptr_t held[SET_STRESS_HELD];
+    unsigned held_count;
+} set_stress_thread;
+
+/* A frame address no other thread makes: 64-byte aligned, the thread in the high bits. */
+static uintptr_t set_stress_frame(unsigned thread, uint64_t serial)
+{
+    return ((uintptr_t)(thread + 1) << 40) | ((uintptr_t)serial << 6);
+}
+
+/* Inserts fresh frames, releases its own, and swaps frames through the exchange so that others
+ * release them. Thread 0 starts alone (the set is biased to it) and keeps going while the others
+ * start, so that their first calls revoke the bias under its feet. */
+static void *set_stress_body(void *arg)
+{
+    set_stress_thread *self = arg;
+    set_stress *stress = self->stress;
+    char *failure = stress->failure[self->index];
+    uint64_t state = 0x9E3779B97F4A7C15u * (self->index + 1);
+    for (uint64_t op = 0; op < stress->ops && failure[0] == '\0'; op++) {
+        if (self->index == 0 && op == stress->ops / 4)
+            atomic_store(&stress->others_started, true);
+        state ^= state << 13, state ^= state >> 7, state ^= state << 17;
+        uintptr_t frame = set_stress_frame(self->index, op + 1);
+        if (!ks_sharded_frame_set_insert(&stress->set, (void *)frame)) {
+            snprintf(failure, 160, "thread %u: insert %#lx failed", self->index, (unsigned long)frame);
+            break;
+        }
+        if (state % 3 == 0) {
+            uintptr_t taken = atomic_exchange(&stress->exchange[(state >> 8) % SET_STRESS_SLOTS], frame);
+            if (taken != 0 && !ks_sharded_frame_set_release(&stress->set, (void *)taken))
+                snprintf(failure, 160, "thread %u: frame %#lx from the exchange was not live", self->index,
+                         (unsigned long)taken);
+        } else if (self->held_count < SET_STRESS_HELD) {
+            self->held[self->held_count++] = frame;
+        } else if (!ks_sharded_frame_set_release(&stress->set, (void *)frame)) {
+            snprintf(failure, 160, "thread %u: its own frame %#lx was not live", self->index, (unsigned long)frame);
+        }
+        if (self->held_count == SET_STRESS_HELD && state % 5 == 0) {
+            uintptr_t oldest = self->held[0];
+            memmove(self->held, self->held + 1, (SET_STRESS_HELD - 1) * sizeof self->held[0]);
+            self->held_count--;
+            if (!ks_sharded_frame_set_release(&stress->set, (void *)oldest))
+                snprintf(failure, 160, "thread %u: held frame %#lx was not live", self->index, (unsigned long)oldest);
+        }
+    }
+    return NULL;
+}
+
+static void run_frame_set_case(const stress_config *config, stress_tally *tally)
+{
+    char why[600] = "";
+    uint64_t start_ns = monotonic_ns();
+    set_stress *stress = calloc(1, sizeof *stress);
+    set_stress_thread threads[SET_STRESS_THREADS];
+    pthread_t handles[SET_STRESS_THREADS];
+    if (stress == NULL || !ks_sharded_frame_set_init(&stress->set)) {
+        report(tally, "frame_set", "sharded set: bias revoked mid-run, cross-thread releases", 0, "out of memory");
+        free(stress);
+        return;
+    }
+    stress->ops = config->mt_ops;
+    for (unsigned index = 0; index < SET_STRESS_THREADS; index++) {
+        threads[index] = (set_stress_thread){.stress = stress, .index = index};
+        if (index == 1) /* the others start once thread 0 has the set to itself and is busy */
+            while (!atomic_load(&stress->others_started))
+                sched_yield();
+        pthread_create(&handles[index], NULL, set_stress_body, &threads[index]);
+    }
+    size_t expected = 0;
+    for (unsigned index = 0; index < SET_STRESS_THREADS; index++) {
+        pthread_join(handles[index], NULL);
+        expected += threads[index].held_count;
+        if (why[0] == '\0' && stress->failure[index][0] != '\0')
+            snprintf(why, sizeof why, "%s", stress->failure[index]);
+    }
+    for (unsigned slot = 0; slot < SET_STRESS_SLOTS; slot++)
+        expected += atomic_load(&stress->exchange[slot]) != 0;
+    size_t count = ks_sharded_frame_set_count(&stress->set);
+    if (why[0] == '\0' && count != expected)
+        snprintf(why, sizeof why, "%zu frames in the set, %zu live", count, expected);
+    if (why[0] == '\0') {
+        char check[400];
+        if (!ks_sharded_frame_set_check(&stress->set, 64, "frame_set", check, sizeof check))
+            snprintf(why, sizeof why, "%s", check);
+    }
+    ks_sharded_frame_set_destroy(&stress->set);
+    free(stress);
+    report(tally, "frame_set", "sharded set: bias revoked mid-run, cross-thread releases", monotonic_ns() - start_ns,
+           why[0] ? why : NULL);
+}
+
+/* ---- Bare hooks: frames freed on the other thread ------------------------------------------------- */
+
+#define BARE_QUEUE_SLOTS 32u
+
+typedef struct bare_stress {
+    const ks_bare_ops *bare;
+    size_t frame_bytes;
+    uint64_t ops;
+    _Atomic(void *) queue[2][BARE_QUEUE_SLOTS]; /* queue[t]: frames thread t allocated, for the other */
+    char failure[2][160];
+} bare_stress;
+
+typedef struct bare_stress_thread {
+    bare_stress *stress;
+    unsigned index;
+} bare_stress_thread;
+
+/* Each thread allocates frames, stamps them and offers them to the other, and frees (after
+ * checking the stamp) the frames the other thread offered. */
+static void *bare_stress_body(void *arg)
+{
+    bare_stress_thread *self = arg;
+    bare_stress *stress = self->stress;
+    const ks_bare_ops *bare = stress->bare;
+    size_t frame_bytes = stress->frame_bytes, align_bytes = 64;
+    for (uint64_t op = 0; op < stress->ops && stress->failure[self->index][0] == '\0'; op++) {
+        void *frame = bare->allocate(frame_bytes, align_bytes);
+        if (frame == NULL || ((uintptr_t)frame & (align_bytes - 1)) != 0) {
+            snprintf(stress->failure[self->index], 160, "allocate: %p", frame);
+            break;
+        }
+        uint64_t stamp = (uint64_t)(uintptr_t)frame ^ 0xB4BEu;
+        memcpy(frame, &stamp, sizeof stamp);
+        memcpy((char *)frame + frame_bytes - sizeof stamp, &stamp, sizeof stamp);
+        void *mine = atomic_exchange(&stress->queue[self->index][op % BARE_QUEUE_SLOTS], frame);
+        if (mine != NULL) /* the other thread did not take it: freed here after all */
+            bare->free(mine, frame_bytes, align_bytes);
+        void *theirs = atomic_exchange(&stress->queue[1 - self->index][op % BARE_QUEUE_SLOTS], NULL);
+        if (theirs == NULL)
+            continue;
+        uint64_t head, tail, expected = (uint64_t)(uintptr_t)theirs ^ 0xB4BEu;
+        memcpy(&head, theirs, sizeof head);
+        memcpy(&tail, (char *)theirs + frame_bytes - sizeof tail, sizeof tail);
+        if (head != expected || tail != expected)
+            snprintf(stress->failure[self->index], 160, "frame %p changed while live", theirs);
+        bare->free(theirs, frame_bytes, align_bytes);
+    }
+    return NULL;
+}
+
+static void run_bare_case(const stress_config *config, const ks_allocator_entry *entry, stress_tally *tally)
+{
+    if (entry->struct_bytes < offsetof(ks_allocator_entry, bare) + sizeof entry->bare || entry->bare == NULL)
+        return;
+    uint64_t start_ns = monotonic_ns();
+    bare_stress *stress = calloc(1, sizeof *stress);
+    if (stress == NULL) {
+        report(tally, entry->name, "bare: frames freed on the other thread", 0, "out of memory");
+        return;
+    }
+    stress->bare = entry->bare;
+    stress->frame_bytes = config->framing.FrameSize;
+    stress->ops = config->mt_ops;
+    bare_stress_thread threads[2] = {{stress, 0}, {stress, 1}};
+    pthread_t handles[2];
+    for (unsigned index = 0; index < 2; index++)
+        pthread_create(&handles[index], NULL, bare_stress_body, &threads[index]);
+    for (unsigned index = 0; index < 2; index++)
+        pthread_join(handles[index], NULL);
+    for (unsigned t = 0; t < 2; t++)
+        for (unsigned slot = 0; slot < BARE_QUEUE_SLOTS; slot++) {
+            void *left = atomic_load(&stress->queue[t][slot]);
+            if (left != NULL)
+                stress->bare->free(left, stress->frame_bytes, 64);
+        }
+    const char *why = stress->failure[0][0] ? stress->failure[0] : stress->failure[1][0] ? stress->failure[1] : NULL;
+    report(tally, entry->name, "bare: frames freed on the other thread", monotonic_ns() - start_ns, why);
+    free(stress);
+}
+
 static void stress_allocator(const stress_config *config, const ks_allocator_entry *entry, stress_tally *tally)
 {
+    run_bare_case(config, entry, tally);
     if (entry->caps & KS_CAP_THREAD_SAFE) {
         for (unsigned p = 0; p < KS_MT_PROFILE_COUNT; p++)
             run_mt_case(config, entry, (ks_mt_profile)p, false, tally);
@@ -222,7 +421,9 @@ int main(int argc, char **argv)
     if (!parse_args(argc, argv, &config))
         return usage(argv[0]);
     stress_tally tally = {0};
-    bool found = config.only == NULL;
+    if (config.only == NULL || strcmp(config.only, "frame_set") == 0)
+        run_frame_set_case(&config, &tally);
+    bool found = config.only == NULL || strcmp(config.only, "frame_set") == 0;
     for (size_t i = 0; i < ks_catalogue_count(); i++) {
         const ks_allocator_entry *entry = ks_catalogue_at(i);
         if (config.only != NULL && strcmp(config.only, entry->name) != 0)
