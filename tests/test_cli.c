@@ -21,7 +21,8 @@ typedef struct cli_result {
 static void run_ksalloc(cli_result *result, const char *args)
 {
     char command[4096];
-    snprintf(command, sizeof command, "'%s' %s 2>&1", KSALLOC_BIN, args);
+    /* A deadline of timeout(1)'s (exit 124), not Criterion's .timeout: see test_bench_plumbing.c. */
+    snprintf(command, sizeof command, "timeout -k 5 300 '%s' %s 2>&1", KSALLOC_BIN, args);
     FILE *pipe = popen(command, "r");
     cr_assert_not_null(pipe, "popen(%s)", command);
     size_t used = fread(result->output, 1, sizeof result->output - 1, pipe);
@@ -29,6 +30,7 @@ static void run_ksalloc(cli_result *result, const char *args)
     int status = pclose(pipe);
     cr_assert(WIFEXITED(status), "ksalloc %s did not exit normally (status %d)", args, status);
     result->exit_code = WEXITSTATUS(status);
+    cr_assert_neq(result->exit_code, 124, "ksalloc %s ran past its deadline of 300 s:\n%s", args, result->output);
 }
 
 static void write_file(const char *path, const char *text)
@@ -235,7 +237,7 @@ Test(cli, ab_refuses_bad_input)
 /* Two plugins, five rounds: every round runs both sides, and each side's report holds one
  * repetition per round, marked interleaved (what compare.py's noise floor relies on). The gate's
  * verdict is timing and is not asserted here. */
-Test(cli, ab_interleaves_rounds_into_repetitions, .timeout = 120)
+Test(cli, ab_interleaves_rounds_into_repetitions)
 {
     char out_dir[] = "/tmp/ksalloc-ab-test.XXXXXX";
     cr_assert_not_null(mkdtemp(out_dir));
