@@ -24,42 +24,19 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "tool_run.h"
+
 #define BENCH_BIN KS_BUILD_DIR "/bin/ksalloc-bench"
 #define DATA KS_SOURCE_DIR "/tests/data/bench/"
 /* One cheap benchmark: the bound's LIFO pair at 64 B. */
 #define TINY_FILTER "lifo_pair/inline_freelist/64$"
 #define TINY_RUN "--min-time 0.01 --repetitions 1 -- --benchmark_filter='" TINY_FILTER "'"
 
-typedef struct tool_result {
-    int exit_code;
-    char output[65536]; /* stdout and stderr together */
-} tool_result;
-
 static tool_result result;
 
-static const char *python(void)
-{
-    return access("/usr/bin/python3", X_OK) == 0 ? "/usr/bin/python3" : "python3";
-}
-
-/* Runs a shell command line in directory (the source directory when NULL), capturing both
- * streams, under a deadline: timeout(1) rather than Criterion's .timeout, whose bookkeeping
- * LeakSanitizer reports as a leak when two such tests overlap. Exit 124: the deadline passed. */
-#define RUN_DEADLINE_S "300"
 static void run_in(tool_result *out, const char *directory, const char *command_line)
 {
-    char command[8192];
-    cr_assert_eq(setenv("KS_PLUMBING_COMMAND", command_line, 1), 0);
-    snprintf(command, sizeof command, "cd '%s' && timeout -k 5 " RUN_DEADLINE_S " sh -c \"$KS_PLUMBING_COMMAND\" 2>&1",
-             directory ? directory : KS_SOURCE_DIR);
-    FILE *pipe = popen(command, "r");
-    cr_assert_not_null(pipe, "popen(%s)", command);
-    size_t used = fread(out->output, 1, sizeof out->output - 1, pipe);
-    out->output[used] = '\0';
-    int status = pclose(pipe);
-    cr_assert(WIFEXITED(status), "%s did not exit normally (status %d)", command_line, status);
-    out->exit_code = WEXITSTATUS(status);
-    cr_assert_neq(out->exit_code, 124, "%s ran past its deadline of " RUN_DEADLINE_S " s:\n%s", command_line, out->output);
+    ks_test_run_in(out, directory, command_line);
 }
 
 static void assert_output_has(const tool_result *out, const char *text)
@@ -129,7 +106,7 @@ static void tiny_run(tool_result *out, const char *out_dir)
 {
     char command[2048];
     snprintf(command, sizeof command, "bench/run-bench --bin '%s' --out-dir '%s' --python '%s' " TINY_RUN,
-             BENCH_BIN, out_dir, python());
+             BENCH_BIN, out_dir, ks_test_python());
     run_in(out, NULL, command);
 }
 
@@ -154,7 +131,7 @@ Test(bench_plumbing, two_runs_in_one_second_both_land)
     char one[1024], command[4096];
     snprintf(one, sizeof one,
              "PATH='%s':\"$PATH\" bench/run-bench --bin '%s' --out-dir '%s/out' --python '%s' " TINY_RUN, shim,
-             BENCH_BIN, dir, python());
+             BENCH_BIN, dir, ks_test_python());
     snprintf(command, sizeof command,
              "%s >'%s/a.log' 2>&1 & a=$!; %s >'%s/b.log' 2>&1 & b=$!; wait $a; ra=$?; wait $b; rb=$?; "
              "cat '%s/a.log' '%s/b.log'; exit $((ra | rb))",
@@ -189,7 +166,7 @@ Test(bench_plumbing, a_filter_that_selects_nothing_fails_and_writes_nothing)
     snprintf(command, sizeof command,
              "bench/run-bench --bin '%s' --out-dir '%s' --python '%s' --min-time 0.01 --repetitions 1 "
              "-- --benchmark_filter='no_such_workload_zz'",
-             BENCH_BIN, dir, python());
+             BENCH_BIN, dir, ks_test_python());
     run_in(&result, NULL, command);
     cr_assert_neq(result.exit_code, 0, "an empty selection must fail:\n%s", result.output);
     assert_output_has(&result, "--benchmark_filter='no_such_workload_zz' selects no benchmark");
@@ -199,7 +176,7 @@ Test(bench_plumbing, a_filter_that_selects_nothing_fails_and_writes_nothing)
     snprintf(command, sizeof command,
              "BENCH_ARGS=--benchmark_filter=no_such_workload_zz bench/run-bench --bin '%s' --out-dir '%s' "
              "--python '%s' --min-time 0.01 --repetitions 1",
-             BENCH_BIN, dir, python());
+             BENCH_BIN, dir, ks_test_python());
     run_in(&result, NULL, command);
     cr_assert_neq(result.exit_code, 0, "%s", result.output);
     assert_output_has(&result, "--benchmark_filter='no_such_workload_zz' selects no benchmark");
@@ -234,7 +211,7 @@ Test(bench_plumbing, a_truncated_or_crashed_run_leaves_no_report)
     write_fake_binary(fake);
 
     snprintf(command, sizeof command, "FAKE_MODE=truncated bench/run-bench --bin '%s' --out-dir '%s' --python '%s'",
-             fake, out, python());
+             fake, out, ks_test_python());
     run_in(&result, NULL, command);
     cr_assert_neq(result.exit_code, 0, "a truncated report must fail the run:\n%s", result.output);
     assert_output_has(&result, "unusable, not kept");
@@ -242,7 +219,7 @@ Test(bench_plumbing, a_truncated_or_crashed_run_leaves_no_report)
     cr_assert_eq(census(out).entries, 0, "a truncated report must not be left in %s", out);
 
     snprintf(command, sizeof command, "FAKE_MODE=crash bench/run-bench --bin '%s' --out-dir '%s' --python '%s'", fake,
-             out, python());
+             out, ks_test_python());
     run_in(&result, NULL, command);
     cr_assert_neq(result.exit_code, 0, "a crashed run must fail:\n%s", result.output);
     assert_output_has(&result, "no report written");
@@ -401,7 +378,7 @@ static void colour_of(const char *allocator, char *colour, size_t size)
     snprintf(command, sizeof command,
              "%s -c 'import sys; sys.path.insert(0, \"bench\"); import report; "
              "print(report.allocator_style(sys.argv[1]).colour)' %s",
-             python(), allocator);
+             ks_test_python(), allocator);
     run_in(&result, NULL, command);
     cr_assert_eq(result.exit_code, 0, "%s", result.output);
     cr_assert_eq(sscanf(result.output, "%15s", colour), 1);
@@ -418,7 +395,7 @@ Test(bench_plumbing, plots_cover_every_workload_say_which_way_is_better_and_keep
 {
     char dir[64], command[1024];
     make_temp_dir(dir, sizeof dir);
-    snprintf(command, sizeof command, "%s bench/report.py --out '%s' '%sbase.json'", python(), dir, DATA);
+    snprintf(command, sizeof command, "%s bench/report.py --out '%s' '%sbase.json'", ks_test_python(), dir, DATA);
     run_in(&result, NULL, command);
     cr_assert_eq(result.exit_code, 0, "%s", result.output);
 

@@ -28,38 +28,22 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define DATA KS_SOURCE_DIR "/tests/data/bench/"
+#include "tool_run.h"
 
-typedef struct tool_result {
-    int exit_code;
-    char output[131072]; /* stdout and stderr together */
-} tool_result;
+#define DATA KS_SOURCE_DIR "/tests/data/bench/"
 
 static tool_result result;
 
-static const char *python(void)
-{
-    return access("/usr/bin/python3", X_OK) == 0 ? "/usr/bin/python3" : "python3";
-}
-
-/* Runs a shell command line from the source directory, capturing both streams. */
+/* A shell command line from the source directory. */
 static void run(tool_result *out, const char *command_line)
 {
-    char command[4096];
-    snprintf(command, sizeof command, "cd '%s' && %s 2>&1", KS_SOURCE_DIR, command_line);
-    FILE *pipe = popen(command, "r");
-    cr_assert_not_null(pipe, "popen(%s)", command);
-    size_t used = fread(out->output, 1, sizeof out->output - 1, pipe);
-    out->output[used] = '\0';
-    int status = pclose(pipe);
-    cr_assert(WIFEXITED(status), "%s did not exit normally (status %d)", command_line, status);
-    out->exit_code = WEXITSTATUS(status);
+    ks_test_run_in(out, NULL, command_line);
 }
 
 static void compare(tool_result *out, const char *base, const char *new_report, const char *flags)
 {
     char command[2048];
-    snprintf(command, sizeof command, "%s bench/compare.py --quiet %s '%s%s' '%s%s'", python(), flags, DATA, base,
+    snprintf(command, sizeof command, "%s bench/compare.py --quiet %s '%s%s' '%s%s'", ks_test_python(), flags, DATA, base,
              DATA, new_report);
     run(out, command);
 }
@@ -162,7 +146,7 @@ Test(bench_tools, compare_reports_the_per_allocator_geometric_mean)
 Test(bench_tools, compare_prints_times_with_three_significant_digits)
 {
     char command[1024];
-    snprintf(command, sizeof command, "%s bench/compare.py '%sbase.json' '%sslow.json'", python(), DATA, DATA);
+    snprintf(command, sizeof command, "%s bench/compare.py '%sbase.json' '%sslow.json'", ks_test_python(), DATA, DATA);
     run(&result, command);
     cr_assert_eq(result.exit_code, 1, "%s", result.output);
     /* the table row, then the gate's line: 2.80 and 3.64 ns per iteration of two operations */
@@ -434,7 +418,7 @@ Test(bench_tools, make_compare_without_reports_is_a_usage_error)
 Test(bench_tools, summary_ranks_against_the_baseline)
 {
     char command[1024];
-    snprintf(command, sizeof command, "%s bench/summary.py '%sbase.json'", python(), DATA);
+    snprintf(command, sizeof command, "%s bench/summary.py '%sbase.json'", ks_test_python(), DATA);
     run(&result, command);
     cr_assert_eq(result.exit_code, 0, "%s", result.output);
     /* base.json: 0.70, 2.80 and 21.0 ns per iteration of two operations (CPU time) */
@@ -452,7 +436,7 @@ Test(bench_tools, summary_ranks_against_the_baseline)
 Test(bench_tools, summary_refuses_a_corrupt_report)
 {
     char command[1024];
-    snprintf(command, sizeof command, "%s bench/summary.py '%scorrupt.json'", python(), DATA);
+    snprintf(command, sizeof command, "%s bench/summary.py '%scorrupt.json'", ks_test_python(), DATA);
     run(&result, command);
     cr_assert_eq(result.exit_code, 2, "%s", result.output);
     assert_output_has(&result, "not valid JSON");
@@ -463,7 +447,7 @@ Test(bench_tools, report_writes_markdown_and_plots)
     char dir[] = "/tmp/ksalloc-report-XXXXXX";
     cr_assert_not_null(mkdtemp(dir));
     char command[1024];
-    snprintf(command, sizeof command, "%s bench/report.py --out '%s' '%sbase.json' '%snoise.json'", python(), dir, DATA,
+    snprintf(command, sizeof command, "%s bench/report.py --out '%s' '%sbase.json' '%snoise.json'", ks_test_python(), dir, DATA,
              DATA);
     run(&result, command);
     cr_assert_eq(result.exit_code, 0, "%s", result.output);
