@@ -17,7 +17,8 @@
  *           correct allocator for these workloads, yet not a law: in memory-bound cases (frames
  *           at a 4 KiB stride share one L1 set) an out-of-line allocator can measure a little
  *           faster, and the summary shows such a ratio below 1.00x as it was measured.
- * and each variant once more with a timer read around every call (the latency pass).
+ * and each variant once more with a timer read around every call (the tails of the latency
+ * pass, latency.h).
  */
 #ifndef KS_BENCH_BENCH_H
 #define KS_BENCH_BENCH_H
@@ -28,7 +29,6 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "histogram.h"
 #include "ksalloc.h"
 
 typedef enum ks_workload {
@@ -146,6 +146,23 @@ typedef struct ks_bench_target {
     ks_spsc_ring *return_ring;            /* inline prodcons: Free pushes here, Allocate pops */
 } ks_bench_target;
 
+/* Single-operation latency samples, in timer ticks, of one chunk of a latency pass (latency.h).
+ * The buffer is sized for the chunk; a sample past capacity is counted, never written. */
+typedef struct ks_op_samples {
+    uint64_t *ticks;
+    uint32_t count;
+    uint32_t capacity;
+    uint64_t overflowed;
+} ks_op_samples;
+
+static inline void ks_op_samples_add(ks_op_samples *samples, uint64_t start, uint64_t end)
+{
+    if (samples->count < samples->capacity)
+        samples->ticks[samples->count++] = end > start ? end - start : 0;
+    else
+        samples->overflowed++;
+}
+
 typedef struct ks_bench_run {
     ks_bench_target targets[KS_BENCH_MAX_TARGETS];
     unsigned target_count;
@@ -155,7 +172,7 @@ typedef struct ks_bench_run {
     uint32_t ring_index;       /* stream_ring: the oldest slot */
     uint64_t rng;              /* xorshift64* state, never 0 */
     uint64_t allocation_failures;
-    ks_histogram *latency; /* recorded into by the timed kernels only */
+    ks_op_samples op_samples; /* recorded into by the timed kernels only (latency.c) */
     ks_spsc_ring *queue;   /* prodcons */
     bool producer;         /* prodcons role */
     ks_exchange *exchange; /* all2all */
@@ -164,7 +181,7 @@ typedef struct ks_bench_run {
 typedef void (*ks_bench_kernel)(ks_bench_run *run, uint64_t units);
 
 /* The kernel of a workload in a variant, timed (a timer read around every Allocate and Free,
- * recorded into run->latency) or not. */
+ * recorded into run->op_samples) or not. */
 ks_bench_kernel ks_bench_kernel_for(ks_workload workload, ks_impl impl, bool timed);
 
 /* ---- Helpers every kernel uses ---------------------------------------------------------------- */

@@ -4,7 +4,8 @@
  * several times, each time after defining
  *
  *   KS_KERNEL_SUFFIX                       name suffix of this instantiation (table, inline, ...)
- *   KS_KERNEL_TIMED                        1: a timer read around every Allocate and Free
+ *   KS_KERNEL_TIMED                        1: a timer read around every Allocate and Free, the
+ *                                          ticks between them kept in run->op_samples
  *   KS_KERNEL_ALLOCATE(target)             Allocate for a thread's own target
  *   KS_KERNEL_FREE(target, frame)          Free for a thread's own target
  *   KS_KERNEL_ALLOCATE_SHARED(target)      prodcons: Allocate on the producer ...
@@ -24,7 +25,7 @@ static inline void *KS_K(allocate)(ks_bench_run *run, ks_bench_target *target)
 #if KS_KERNEL_TIMED
     uint64_t start = ks_timer_read();
     void *frame = KS_KERNEL_ALLOCATE(target);
-    ks_histogram_record(run->latency, ks_timer_elapsed_ns(start, ks_timer_read()));
+    ks_op_samples_add(&run->op_samples, start, ks_timer_read());
 #else
     void *frame = KS_KERNEL_ALLOCATE(target);
 #endif
@@ -38,7 +39,7 @@ static inline void KS_K(free)(ks_bench_run *run, ks_bench_target *target, void *
 #if KS_KERNEL_TIMED
     uint64_t start = ks_timer_read();
     KS_KERNEL_FREE(target, frame);
-    ks_histogram_record(run->latency, ks_timer_elapsed_ns(start, ks_timer_read()));
+    ks_op_samples_add(&run->op_samples, start, ks_timer_read());
 #else
     (void)run;
     KS_KERNEL_FREE(target, frame);
@@ -137,7 +138,7 @@ static void KS_K(prodcons)(ks_bench_run *run, uint64_t units)
 #if KS_KERNEL_TIMED
             uint64_t start = ks_timer_read();
             void *frame = KS_KERNEL_ALLOCATE_SHARED(target);
-            ks_histogram_record(run->latency, ks_timer_elapsed_ns(start, ks_timer_read()));
+            ks_op_samples_add(&run->op_samples, start, ks_timer_read());
 #else
             void *frame = KS_KERNEL_ALLOCATE_SHARED(target);
 #endif
@@ -157,7 +158,7 @@ static void KS_K(prodcons)(ks_bench_run *run, uint64_t units)
 #if KS_KERNEL_TIMED
         uint64_t start = ks_timer_read();
         KS_KERNEL_FREE_SHARED(target, frame);
-        ks_histogram_record(run->latency, ks_timer_elapsed_ns(start, ks_timer_read()));
+        ks_op_samples_add(&run->op_samples, start, ks_timer_read());
 #else
         KS_KERNEL_FREE_SHARED(target, frame);
 #endif

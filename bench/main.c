@@ -20,6 +20,7 @@
 #include "perf_counters.h"
 #include "rss.h"
 #include "suites.h"
+#include "latency.h"
 #include "timer.h"
 
 #ifndef KS_BENCH_CFLAGS
@@ -47,7 +48,7 @@ static const char usage[] =
     "  --plugin=PATH          also benchmark the allocator in this shared object (repeatable)\n"
     "  --ks_allocators=A,B    only these catalogued allocators (default: all)\n"
     "  --ks_max_threads=N     threaded suites run 1, 2, 4, ... N threads (default: online CPUs)\n"
-    "  --ks_latency_ops=N     timed operations per thread for the latency percentiles (default 50000)\n"
+    "  --ks_latency_ops=N     operations per thread in each latency pass, batches and single ops (default 50000)\n"
     "  --ks_quick             the CI smoke suite: 4 KiB frames, 2 threads\n"
     "  --help                 this text, then Google Benchmark's flags (--benchmark_filter=REGEX,\n"
     "                         --benchmark_min_time=S, --benchmark_repetitions=N, --benchmark_out=FILE,\n"
@@ -264,9 +265,10 @@ static void print_preface(const driver *drv)
     printf("ksalloc-bench: %zu benchmarks over %zu allocators (+ inline_freelist, "
            "pool_direct); suite %s; %zu cases skipped, each listed below as ks_skip.<name>: <reason>\n",
            drv->suites.registered, drv->allocator_count, drv->config.quick ? "quick" : "default", drv->suites.skip_count);
-    printf("timer: %s, %.1f ns per read (median; min %.1f, resolution %.1f); latencies include one read\n",
+    printf("timer: %s, %.1f ns per read (median; min %.1f, resolution %.1f), subtracted from every latency "
+           "sample; body latencies are means of %u-op batches\n",
            ks_timer_state.source, ks_timer_state.cost_median_ns, ks_timer_state.cost_min_ns,
-           ks_timer_state.resolution_ns);
+           ks_timer_state.resolution_ns, KS_LATENCY_BATCH_OPS);
     printf("perf: hardware: %s\n      software: %s\n", ks_perf_describe(&drv->config.perf, true, hardware, sizeof hardware),
            ks_perf_describe(&drv->config.perf, false, software, sizeof software));
     fflush(stdout);

@@ -46,8 +46,12 @@ except ImportError:  # pragma: no cover - reported to the user
     plt = None
 
 SINGLE_WORKLOADS = ("lifo_pair", "fifo_batch", "random_churn", "stream_ring", "mixed_heap")
-PERCENTILES = (("lat_min_ns", 0.0), ("lat_p50_ns", 50.0), ("lat_p90_ns", 90.0), ("lat_p99_ns", 99.0),
-               ("lat_p999_ns", 99.9), ("lat_p9999_ns", 99.99), ("lat_max_ns", 100.0))
+# The body: percentiles of batch means (64 operations between two timer reads); the tails: single
+# operations (bench/latency.h).
+BODY_PERCENTILES = (("lat_min_ns", 0.0), ("lat_p50_ns", 50.0), ("lat_p90_ns", 90.0), ("lat_p99_ns", 99.0))
+TAIL_PERCENTILES = (("lat_op_p50_ns", 50.0), ("lat_op_p99_ns", 99.0), ("lat_op_p999_ns", 99.9),
+                    ("lat_op_p9999_ns", 99.99), ("lat_op_max_ns", 100.0))
+PERCENTILE_LABEL = {0.0: "min", 50.0: "50%", 90.0: "90%", 99.0: "99%", 99.9: "99.9%", 99.99: "99.99%", 100.0: "max"}
 SPREAD = "min-max"  # what an error bar spans: the repetitions' minimum to maximum
 RSS_LINEAR_KIB = 4.0  # RSS moves in pages: the memory plot's axis is linear below one page
 
@@ -368,6 +372,37 @@ def subplot_grid(count, width=6.0, height=3.8):
     return figure, flat
 
 
+def latency_panel(axis, benches, order, keys, title, timer_line=None):
+    """One panel of the latency figure: every allocator's line over the percentiles in keys."""
+    drawn = set()
+    for name in order:
+        bench = benches.get(name)
+        if bench is None:
+            continue
+        points = [(percentile_x(p), bench.counter(key)) for key, p in keys if bench.counter(key)]
+        if not points:
+            continue
+        style = allocator_style(name)
+        axis.plot([x for x, _ in points], [y for _, y in points], linestyle=style.line, linewidth=1.2,
+                  **marker_kwargs(style, 4))
+        drawn.add(name)
+    axis.set_xscale("log")
+    axis.set_yscale("log")
+    if timer_line:
+        # Below the timer's step a single operation reads as 0 or one step: not the allocator.
+        axis.axhline(float(timer_line), color="#888888", linestyle=":", linewidth=1)
+        axis.annotate("timer resolution (%s ns)" % timer_line, (percentile_x(50.0), float(timer_line)), fontsize=7,
+                      color="#666666", va="bottom", ha="left", xytext=(2, 2), textcoords="offset points")
+    axis.set_xticks([percentile_x(p) for _, p in keys])
+    axis.set_xticklabels([PERCENTILE_LABEL[p] for _, p in keys])
+    axis.xaxis.set_minor_locator(ticker.NullLocator())
+    log_ticks(axis.yaxis, *axis.get_ylim())
+    axis.set_ylabel("ns per op (log) -- lower is better", fontsize=8)
+    axis.set_title(title, fontsize=9)
+    axis.grid(which="major", alpha=0.3)
+    return drawn
+
+
 def plot_latency(report, out_dir):
     chosen = {}
     for bench in report.measured():
@@ -380,39 +415,24 @@ def plot_latency(report, out_dir):
     if not chosen:
         return empty_figure(out_dir, "latency", "no latency figures in this report")
     workloads = [w for w in SINGLE_WORKLOADS if w in chosen] + [w for w in chosen if w not in SINGLE_WORKLOADS]
-    figure, axes = subplot_grid(len(workloads))
-    timer_ns = report.context.get("ks_timer_cost_ns")
+    # Two panels per workload: the body (batch means, which resolve allocators below the timer's
+    # step) and the tails (single operations of unpreempted chunks), side by side.
+    figure, axes = plt.subplots(len(workloads), 2, figsize=(12.0, 3.6 * len(workloads)), squeeze=False)
+    resolution_ns = report.context.get("ks_timer_resolution_ns")
     order = allocator_order(report)
     drawn = set()
-    for axis, workload in zip(axes, workloads):
+    for row, workload in zip(axes, workloads):
         benches = {b.allocator: b for b in report.measured()
                    if b.workload == workload and b.size == chosen[workload] and not b.threaded}
-        for name in order:
-            bench = benches.get(name)
-            if bench is None:
-                continue
-            points = [(percentile_x(p), bench.counter(key)) for key, p in PERCENTILES if bench.counter(key)]
-            style = allocator_style(name)
-            axis.plot([x for x, _ in points], [y for _, y in points], linestyle=style.line, linewidth=1.2,
-                      **marker_kwargs(style, 4))
-            drawn.add(name)
-        axis.set_xscale("log")
-        axis.set_yscale("log")
-        if timer_ns:
-            # Every sample includes one timer read: below this line is nothing an allocator can reach.
-            axis.axhline(float(timer_ns), color="#888888", linestyle=":", linewidth=1)
-            axis.set_ylim(bottom=float(timer_ns) / 1.8)
-            axis.annotate("one timer read (%s ns)" % timer_ns, (percentile_x(99.0), float(timer_ns)), fontsize=7,
-                          color="#666666", va="top", ha="center", xytext=(0, -2), textcoords="offset points")
-        axis.set_xticks([percentile_x(p) for _, p in PERCENTILES])
-        axis.set_xticklabels(["min", "50%", "90%", "99%", "99.9%", "99.99%", "max"])
-        axis.xaxis.set_minor_locator(ticker.NullLocator())
-        log_ticks(axis.yaxis, *axis.get_ylim())
-        axis.set_xlabel("percentile of operations")
-        axis.set_ylabel("latency per op, ns (log) -- lower is better", fontsize=8)
-        axis.set_title("%s, %s" % (workload, size_text(chosen[workload])), fontsize=9)
-        axis.grid(which="major", alpha=0.3)
-    figure.suptitle("Latency percentiles (median over the repetitions of each percentile)", fontsize=10)
+        where = "%s, %s" % (workload, size_text(chosen[workload]))
+        drawn |= latency_panel(row[0], benches, order, BODY_PERCENTILES,
+                               "%s: body, mean per op of 64-op batches" % where)
+        drawn |= latency_panel(row[1], benches, order, TAIL_PERCENTILES,
+                               "%s: tails, single ops (preempted chunks left out)" % where, resolution_ns)
+    for axis in axes[-1]:
+        axis.set_xlabel("percentile")
+    figure.suptitle("Latency percentiles (median over the repetitions of each percentile; one timer read "
+                    "subtracted from every sample)", fontsize=10)
     figure.tight_layout()
     figure_legend(figure, [name for name in order if name in drawn])
     save(figure, out_dir, "latency")

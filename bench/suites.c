@@ -28,8 +28,10 @@
  *   barrier; every thread: its own instances and live set, perf counters, an untimed warm-up
  *   barrier; if any set-up failed, every thread reports the error and stops here;
  *   the timed loop (batches of units, perf counters enabled around it);
- *   the latency pass: the same workload again, untimed by Google Benchmark, with a timer read
- *     around every Allocate and Free, into a per-thread histogram merged under a lock;
+ *   the latency pass (latency.h): the same workload again, untimed by Google Benchmark, first
+ *     in batches of 64 operations between two timer reads (the body: batch means, below the
+ *     timer's resolution), then with a timer read around every Allocate and Free in chunks
+ *     checked for preemption (the tails); per-thread figures merged under a lock;
  *   memory figures at the workload's live set: reserved_bytes (the allocator's counter) vs
  *     live_bytes, and peak RSS;
  *   barrier; thread 0 reports the merged percentiles; every thread frees what it holds;
@@ -49,6 +51,7 @@
 #include "catalogue.h"
 #include "gbench_c.h"
 #include "heap.h"
+#include "latency.h"
 #include "dma_suite.h"
 #include "../allocators/pool.h"
 #include "../allocators/jemalloc_idle.h"
@@ -153,7 +156,7 @@ typedef struct case_shared {
     pthread_mutex_t lock;
     atomic_bool failed;
     char failure[256];
-    ks_histogram *latency; /* every thread's, merged */
+    ks_latency *latency; /* every thread's, merged */
     ks_rss rss_at_start;
     bool rss_valid;
     ks_heap *heap; /* mixed_heap on a shared heap */
@@ -465,11 +468,12 @@ static void shared_setup(bench_case *bc)
     shared->instance_count = 0;
     shared->heap = NULL;
     shared->latency = malloc(sizeof *shared->latency);
-    if (shared->latency == NULL) {
-        record_failure(shared, "out of memory for the latency histogram");
+    if (shared->latency == NULL || !ks_latency_init(shared->latency, bc->shape.ops_per_unit)) {
+        free(shared->latency);
+        shared->latency = NULL;
+        record_failure(shared, "out of memory for the latency figures");
         return;
     }
-    ks_histogram_reset(shared->latency);
     /* What an earlier run's instances gave back and the allocators keep for reuse is not this
      * run's RSS. */
     ks_region_cache_trim();
@@ -517,6 +521,8 @@ static void shared_teardown(bench_case *bc)
     shared->block_count = 0;
     shared->queues = shared->return_rings = NULL;
     shared->exchange.slots = NULL;
+    if (shared->latency != NULL)
+        ks_latency_free(shared->latency);
     free(shared->latency);
     shared->latency = NULL;
 }
@@ -531,6 +537,7 @@ typedef struct thread_state {
     uint64_t baseline_reserved_bytes; /* inline: the bytes of its free lists */
     ks_perf_counters perf;
     uint64_t failures_before_loop;
+    ks_latency *latency;
 } thread_state;
 
 /* Target `index` of this thread: its own instance, or an inline free list of `frames` frames. */
@@ -631,12 +638,13 @@ static void thread_setup(bench_case *bc, int thread, thread_state *ts)
     memset(ts, 0, sizeof *ts);
     ks_perf_open(&ts->perf, &bc->config->perf); /* disabled until the timed loop */
     ts->run.rng = UINT64_C(0x9E3779B97F4A7C15) * (uint64_t)(thread + 1);
-    ts->run.latency = malloc(sizeof *ts->run.latency);
-    if (ts->run.latency == NULL) {
-        record_failure(bc->shared, "out of memory for a latency histogram");
+    ts->latency = malloc(sizeof *ts->latency);
+    if (ts->latency == NULL || !ks_latency_init(ts->latency, bc->shape.ops_per_unit)) {
+        free(ts->latency);
+        ts->latency = NULL;
+        record_failure(bc->shared, "out of memory for a thread's latency figures");
         return;
     }
-    ks_histogram_reset(ts->run.latency);
     if (atomic_load(&bc->shared->failed))
         return;
     if (workload_info[bc->workload].shares_instance) {
@@ -662,7 +670,9 @@ static void thread_teardown(bench_case *bc, thread_state *ts)
     for (unsigned index = 0; index < ts->private_instances; index++)
         bc->entry->dispatch->DeleteAllocator(run->targets[index].context);
     free(run->slots);
-    free(run->latency);
+    if (ts->latency != NULL)
+        ks_latency_free(ts->latency);
+    free(ts->latency);
     ks_perf_close(&ts->perf);
 }
 
@@ -695,17 +705,25 @@ static void warm_up(const bench_case *bc, ks_bench_run *run)
                      WARM_UP_MAX_NS);
 }
 
-/* The workload again with every Allocate and Free timed: at most latency_ops operations, and no
- * more units than the timed loop ran (so that the short runs Google Benchmark makes while it
- * sizes the loop stay short). */
-static void latency_pass(const bench_case *bc, ks_bench_run *run, uint64_t iterations)
+/* The workload again, for the latency figures (latency.h): batch means, then single operations.
+ * Each pass runs at most latency_ops operations, and no more units than the timed loop ran (so
+ * that the short runs Google Benchmark makes while it sizes the loop stay short). */
+static void latency_pass(const bench_case *bc, thread_state *ts, uint64_t iterations)
 {
     uint64_t units = bc->config->latency_ops / bc->shape.ops_per_unit;
     if (units > iterations)
         units = iterations;
     if (units == 0)
         units = 1;
-    run_units_within(bc, ks_bench_kernel_for(bc->workload, bc->impl, true), run, units, LATENCY_MAX_NS);
+    ks_latency_plan plan = {
+        .untimed = ks_bench_kernel_for(bc->workload, bc->impl, false),
+        .timed = ks_bench_kernel_for(bc->workload, bc->impl, true),
+        .ops_per_unit = bc->shape.ops_per_unit,
+        .units = units,
+        .max_ns = LATENCY_MAX_NS,
+        .exact_units = bc->workload == KS_WL_MT_PRODCONS,
+    };
+    ks_latency_measure(ts->latency, &ts->run, &plan);
 }
 
 typedef struct memory_figures {
@@ -799,20 +817,39 @@ static void report_thread_counters(ks_gbench_state *state, const bench_case *bc,
                           KS_GBENCH_COUNTER_DEFAULT);
 }
 
-static void report_latency(ks_gbench_state *state, const ks_histogram *latency)
+/* Body figures are batch means (picoseconds recorded, nanoseconds reported); tails are single
+ * operations of chunks the thread was not preempted in (latency.h). */
+static void report_latency(ks_gbench_state *state, const ks_latency *latency)
 {
     static const struct {
         const char *name;
         double percentile;
-    } points[] = {{"lat_min_ns", 0.0},     {"lat_p50_ns", 50.0},     {"lat_p90_ns", 90.0},
-                  {"lat_p99_ns", 99.0},    {"lat_p999_ns", 99.9},    {"lat_p9999_ns", 99.99},
-                  {"lat_max_ns", 100.0}};
-    for (size_t index = 0; index < sizeof points / sizeof points[0]; index++)
-        ks_gbench_counter(state, points[index].name, (double)ks_histogram_percentile(latency, points[index].percentile),
+    } body[] = {{"lat_min_ns", 0.0}, {"lat_p50_ns", 50.0}, {"lat_p90_ns", 90.0}, {"lat_p99_ns", 99.0}},
+      tails[] = {{"lat_op_p50_ns", 50.0},
+                 {"lat_op_p99_ns", 99.0},
+                 {"lat_op_p999_ns", 99.9},
+                 {"lat_op_p9999_ns", 99.99},
+                 {"lat_op_max_ns", 100.0}};
+    for (size_t index = 0; index < sizeof body / sizeof body[0]; index++)
+        ks_gbench_counter(state, body[index].name,
+                          (double)ks_histogram_percentile(&latency->batch_ps, body[index].percentile) / 1000.0,
                           KS_GBENCH_COUNTER_DEFAULT);
-    ks_gbench_counter(state, "lat_mean_ns", ks_histogram_mean(latency), KS_GBENCH_COUNTER_DEFAULT);
-    ks_gbench_counter(state, "lat_samples", (double)latency->count, KS_GBENCH_COUNTER_DEFAULT);
+    ks_gbench_counter(state, "lat_mean_ns", ks_histogram_mean(&latency->batch_ps) / 1000.0, KS_GBENCH_COUNTER_DEFAULT);
+    ks_gbench_counter(state, "lat_batch_ops", (double)latency->batch_ops, KS_GBENCH_COUNTER_DEFAULT);
+    ks_gbench_counter(state, "lat_batches", (double)latency->batch_ps.count, KS_GBENCH_COUNTER_DEFAULT);
+    for (size_t index = 0; index < sizeof tails / sizeof tails[0]; index++)
+        ks_gbench_counter(state, tails[index].name,
+                          (double)ks_histogram_percentile(&latency->op_ns, tails[index].percentile),
+                          KS_GBENCH_COUNTER_DEFAULT);
+    ks_gbench_counter(state, "lat_op_max_all_ns", (double)latency->op_max_all_ns, KS_GBENCH_COUNTER_DEFAULT);
+    ks_gbench_counter(state, "lat_op_samples", (double)latency->op_ns.count, KS_GBENCH_COUNTER_DEFAULT);
+    ks_gbench_counter(state, "lat_chunks", (double)latency->chunks, KS_GBENCH_COUNTER_DEFAULT);
+    ks_gbench_counter(state, "lat_preempted_chunks", (double)latency->preempted_chunks, KS_GBENCH_COUNTER_DEFAULT);
+    if (latency->op_samples_overflowed != 0)
+        ks_gbench_counter(state, "lat_op_samples_overflowed", (double)latency->op_samples_overflowed,
+                          KS_GBENCH_COUNTER_DEFAULT);
     ks_gbench_counter(state, "timer_cost_ns", ks_timer_state.cost_median_ns, KS_GBENCH_COUNTER_DEFAULT);
+    ks_gbench_counter(state, "timer_resolution_ns", ks_timer_state.resolution_ns, KS_GBENCH_COUNTER_DEFAULT);
 }
 
 static void report_case_counters(ks_gbench_state *state, const bench_case *bc)
@@ -885,10 +922,10 @@ static void case_body(ks_gbench_state *state, void *arg)
         timed_loop(state, bc, &ts);
         uint64_t loop_failures = ts.run.allocation_failures - ts.failures_before_loop;
         uint64_t iterations = ks_gbench_iterations(state);
-        latency_pass(bc, &ts.run, iterations);
+        latency_pass(bc, &ts, iterations);
         report_thread_counters(state, bc, &ts, iterations, loop_failures);
         pthread_mutex_lock(&shared->lock);
-        ks_histogram_merge(shared->latency, ts.run.latency);
+        ks_latency_merge(shared->latency, ts.latency);
         pthread_mutex_unlock(&shared->lock);
         barrier(shared);
         if (thread == 0)

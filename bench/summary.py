@@ -20,7 +20,8 @@ sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ksbench  # noqa: E402
 
-COLUMNS = ("rank", "allocator", "ns/op", "x bound", "Mops/s", "p50", "p99", "p99.9", "max", "blowup", "rss+", "note")
+COLUMNS = ("rank", "allocator", "ns/op", "x bound", "Mops/s", "p50", "p99", "op p99.9", "op max", "blowup", "rss+",
+           "note")
 
 
 def row_for(rank, bench, baseline_ns):
@@ -36,8 +37,8 @@ def row_for(rank, bench, baseline_ns):
         "%.1f" % (1e3 / ns) if ns else "-",
         ksbench.human_ns(bench.counter("lat_p50_ns")),
         ksbench.human_ns(bench.counter("lat_p99_ns")),
-        ksbench.human_ns(bench.counter("lat_p999_ns")),
-        ksbench.human_ns(bench.counter("lat_max_ns")),
+        ksbench.human_ns(bench.counter("lat_op_p999_ns")),
+        ksbench.human_ns(bench.counter("lat_op_max_ns")),
         "%.2f" % blowup if blowup is not None else "-",
         ksbench.human_bytes(bench.counter("rss_growth_bytes")),
         note,
@@ -163,6 +164,8 @@ def context_lines(report):
             "num_cpus", "load_avg", "library_build_type", "ks_timer", "ks_timer_cost_ns", "ks_perf_hardware",
             "ks_perf_software", "ks_suite")
     lines = ["%-18s %s" % (key, context[key]) for key in keys if key in context]
+    if "ks_timer_resolution_ns" in context:
+        lines.append("%-18s %s ns" % ("timer resolution", context["ks_timer_resolution_ns"]))
     lines.append("%-18s %d per benchmark" % ("repetitions", report.repetitions()))
     return lines
 
@@ -175,8 +178,11 @@ def summary(report, markdown=False):
     out += [("    " if markdown else "") + line for line in context_lines(report)]
     out.append("")
     out.append("Ranked by time per Allocate or Free (CPU time; wall time for threaded and DMA workloads). "
-               "'x bound' is the ratio to the inline free list of the same run; latencies (ns) include "
-               "one timer read of %s ns; blowup = reserved_bytes / live_bytes."
+               "'x bound' is the ratio to the inline free list of the same run. p50 and p99 (ns) are "
+               "percentiles of the mean per op over batches of 64 operations between two timer reads; "
+               "op p99.9 and op max are single operations, from chunks in which the thread was not "
+               "preempted; one timer read (%s ns) is subtracted from every sample. "
+               "blowup = reserved_bytes / live_bytes."
                % report.context.get("ks_timer_cost_ns", "?"))
     for group, baseline_ns, rows in ranked_groups(report):
         out.append("")

@@ -7,9 +7,9 @@
  * 50 ms, which gives it to better than 0.01%, far below the histogram's 1.6% bucket width.
  *
  * Cost: the median over many pairs of back-to-back reads. A latency sample is end - start around
- * one operation, so it includes what one read adds; that median is the figure reported beside
- * every latency percentile (timer_cost_ns), so that a 20 ns p50 next to a 17 ns timer cost reads
- * as "at the timer's floor", not as "20 ns".
+ * one operation (or one batch), so it includes what one read adds; latency.c subtracts that
+ * median from every sample, and it is reported beside every latency figure (timer_cost_ns)
+ * together with the resolution, the smallest step the clock is seen to take.
  */
 #include "timer.h"
 

@@ -7,8 +7,9 @@
  * with lfence on both sides so that the operation between two reads can neither start before the
  * first nor finish after the second; elsewhere it reads CLOCK_MONOTONIC through the vDSO. A read
  * costs a few to a few tens of nanoseconds, which is the same order as a pool's Allocate: that
- * cost is measured at start-up (ks_timer_calibrate) and reported next to every latency figure,
- * and latencies are recorded as measured (they include one read), never corrected.
+ * cost is measured at start-up (ks_timer_calibrate), reported next to every latency figure, and
+ * subtracted from every sample by latency.c, which also explains how figures below the timer's
+ * resolution are obtained (batch means).
  */
 #ifndef KS_BENCH_TIMER_H
 #define KS_BENCH_TIMER_H
@@ -70,6 +71,18 @@ static inline uint64_t ks_timer_elapsed_ns(uint64_t start, uint64_t end)
     if (!ks_timer_state.use_tsc)
         return ticks;
     return (uint64_t)(((unsigned __int128)ticks * ks_timer_state.ns_mult) >> 32);
+}
+
+/* Picoseconds between two ks_timer_read values (0 if the clock went backwards): for a batch of
+ * operations whose mean is below a nanosecond's resolution once divided. */
+static inline uint64_t ks_timer_elapsed_ps(uint64_t start, uint64_t end)
+{
+    if (end <= start)
+        return 0;
+    uint64_t ticks = end - start;
+    if (!ks_timer_state.use_tsc)
+        return ticks * 1000u;
+    return (uint64_t)(((unsigned __int128)ticks * ks_timer_state.ns_mult * 1000u) >> 32);
 }
 
 #endif /* KS_BENCH_TIMER_H */
