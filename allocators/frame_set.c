@@ -57,6 +57,7 @@
  * contains and snapshots are thread-safe, its walk is not.
  */
 #include "frame_set.h"
+#include "serial.h"
 #include "spinlock.h"
 
 #include <linux/membarrier.h>
@@ -271,8 +272,6 @@ _Static_assert((KS_FRAME_SET_SHARDS & (KS_FRAME_SET_SHARDS - 1)) == 0 && KS_FRAM
 _Static_assert(KS_FRAME_SET_SHARDS <= (1u << 16), "the shard bits stay clear of a table's home-slot bits");
 _Static_assert(sizeof(ks_frame_set_shard) == 64, "a shard is one cache line");
 
-/* Spins before each yield while a shard lock is held by another thread. */
-
 /* `owner` besides a thread serial (which counts up from 1): not yet called; being revoked;
  * revoked, every call locks. */
 #define FRAME_SET_UNCLAIMED UINT64_C(0)
@@ -327,16 +326,6 @@ static bool frame_set_bias_available(void)
     return frame_set_membarrier_ready;
 }
 
-/* The calling thread's serial: never 0, never reused (a pthread_t or a stack address may be). */
-static atomic_uint_fast64_t frame_set_next_thread = 1;
-static _Thread_local uint64_t frame_set_thread;
-
-static inline uint64_t frame_set_current_thread(void)
-{
-    if (__builtin_expect(frame_set_thread == 0, 0))
-        frame_set_thread = (uint64_t)atomic_fetch_add_explicit(&frame_set_next_thread, 1, memory_order_relaxed);
-    return frame_set_thread;
-}
 
 /* True when the calling thread owns the set's bias and may work without locks until
  * frame_set_leave_owned. The signal fence only stops the compiler; the revoker's membarrier makes
@@ -429,7 +418,7 @@ void ks_sharded_frame_set_destroy(ks_sharded_frame_set *set)
 
 bool ks_sharded_frame_set_insert(ks_sharded_frame_set *set, const void *frame)
 {
-    if (frame_set_begin(set, frame_set_current_thread())) {
+    if (frame_set_begin(set, ks_thread_serial())) {
         bool inserted = ks_frame_set_insert(&set->shards[frame_set_shard_of((uintptr_t)frame)].set, frame);
         frame_set_leave_owned(set);
         return inserted;
@@ -442,7 +431,7 @@ bool ks_sharded_frame_set_insert(ks_sharded_frame_set *set, const void *frame)
 
 bool ks_sharded_frame_set_release(ks_sharded_frame_set *set, const void *frame)
 {
-    if (frame_set_begin(set, frame_set_current_thread())) {
+    if (frame_set_begin(set, ks_thread_serial())) {
         bool released = ks_frame_set_release(&set->shards[frame_set_shard_of((uintptr_t)frame)].set, frame);
         frame_set_leave_owned(set);
         return released;
@@ -455,7 +444,7 @@ bool ks_sharded_frame_set_release(ks_sharded_frame_set *set, const void *frame)
 
 bool ks_sharded_frame_set_contains(ks_sharded_frame_set *set, const void *frame)
 {
-    if (frame_set_begin(set, frame_set_current_thread())) {
+    if (frame_set_begin(set, ks_thread_serial())) {
         bool contained = ks_frame_set_contains(&set->shards[frame_set_shard_of((uintptr_t)frame)].set, frame);
         frame_set_leave_owned(set);
         return contained;
@@ -471,7 +460,7 @@ bool ks_sharded_frame_set_contains(ks_sharded_frame_set *set, const void *frame)
  * start working without locks meanwhile; the owner may take the locks, which nobody else holds. */
 static void frame_set_begin_locked(ks_sharded_frame_set *set)
 {
-    uint64_t thread = frame_set_current_thread();
+    uint64_t thread = ks_thread_serial();
     uint64_t owner = atomic_load_explicit(&set->owner, memory_order_acquire);
     if (owner != thread && owner != FRAME_SET_SHARED)
         (void)frame_set_claim_or_share(set, thread);
@@ -480,6 +469,8 @@ static void frame_set_begin_locked(ks_sharded_frame_set *set)
 void *ks_sharded_frame_set_next(const ks_sharded_frame_set *set, ks_sharded_frame_set_cursor *cursor)
 {
     for (; set->shards != NULL && cursor->shard < KS_FRAME_SET_SHARDS; cursor->shard++, cursor->slot = 0) {
+        if (set->shards[cursor->shard].set.count == 0)
+            continue; /* a walk is not a check: an empty shard's slots need no visit */
         void *frame = ks_frame_set_next(&set->shards[cursor->shard].set, &cursor->slot);
         if (frame != NULL)
             return frame;

@@ -136,7 +136,9 @@
 #include "framing.h"
 #include "jemalloc_idle.h"
 #include "ksalloc.h"
+#include "peer_sync.h"
 #include "sanitizers.h"
+#include "serial.h"
 
 #ifndef KS_JEMALLOC_DEFAULT_FRAME_BYTES
 #define KS_JEMALLOC_DEFAULT_FRAME_BYTES 4096u
@@ -166,22 +168,11 @@
 #define KS_JEMALLOC_THREAD_SLOTS 8u
 #endif
 
-#if KS_TSAN
-/* TSan's synchronisation annotations (sanitizer/tsan_interface.h, declared here because Debian's
- * gcc ships no sanitizer headers). One object stands for jemalloc's internal locks and atomics,
- * which TSan cannot see because the library is not instrumented (mallocx and sdallocx are not
- * intercepted): every Free releases it before the frame goes back to jemalloc, every Allocate
- * acquires it after a frame comes out, so all accesses to a frame before its Free happen before
- * all accesses after its reuse on another thread. */
-void __tsan_acquire(void *addr);
-void __tsan_release(void *addr);
-static char jemalloc_tsan_sync;
-#define JEMALLOC_FRAME_ACQUIRED() __tsan_acquire(&jemalloc_tsan_sync)
-#define JEMALLOC_FRAME_RELEASED() __tsan_release(&jemalloc_tsan_sync)
-#else
-#define JEMALLOC_FRAME_ACQUIRED() ((void)0)
-#define JEMALLOC_FRAME_RELEASED() ((void)0)
-#endif
+/* jemalloc's internal locks and atomics, as TSan is told of them (peer_sync.h); mallocx and
+ * sdallocx are not intercepted either. */
+KS_PEER_SYNC_OBJECT(jemalloc_tsan_sync);
+#define JEMALLOC_FRAME_ACQUIRED() KS_PEER_FRAME_ACQUIRED(jemalloc_tsan_sync)
+#define JEMALLOC_FRAME_RELEASED() KS_PEER_FRAME_RELEASED(jemalloc_tsan_sync)
 
 /* The family name under which instances share a heap's arena. */
 #define JEMALLOC_HEAP_FAMILY "jemalloc"
@@ -378,22 +369,8 @@ static void jemalloc_shared_destroy(ks_heap *heap, void *state)
 
 /* ---- Threads ------------------------------------------------------------------------------------ */
 
-/* Instances and threads are told apart by serial numbers, never reused (an address or a pthread_t
- * may be); 0 is never handed out, so a zeroed thread-local slot matches no instance. */
-static atomic_uint_fast64_t jemalloc_next_serial = 1;
-static _Thread_local uint64_t jemalloc_thread_serial;
-
-static uint64_t jemalloc_new_serial(void)
-{
-    return (uint64_t)atomic_fetch_add_explicit(&jemalloc_next_serial, 1, memory_order_relaxed);
-}
-
-static uint64_t jemalloc_current_thread(void)
-{
-    if (jemalloc_thread_serial == 0)
-        jemalloc_thread_serial = jemalloc_new_serial();
-    return jemalloc_thread_serial;
-}
+/* Instances and threads are told apart by serial numbers (serial.h), never reused (an address or
+ * a pthread_t may be); 0 is never handed out, so a zeroed thread-local slot matches no instance. */
 
 /* A counter only its owner thread writes: a relaxed load and store, plain moves with no lock
  * prefix, which other threads may read at any time without a data race. */
@@ -524,7 +501,7 @@ static void jemalloc_start_tcache(const jemalloc_instance *instance, jemalloc_th
 static jemalloc_thread_use *__attribute__((noinline)) jemalloc_use_slow(jemalloc_instance *instance,
                                                                         jemalloc_thread_slot *slot)
 {
-    uint64_t thread = jemalloc_current_thread();
+    uint64_t thread = ks_thread_serial();
     pthread_mutex_lock(&instance->uses_lock);
     jemalloc_thread_use *use = instance->uses;
     while (use != NULL && use->thread_serial != thread)
@@ -579,7 +556,7 @@ static NTSTATUS jemalloc_initialize(PVOID initial_context, PKSALLOCATOR_FRAMING 
         return status;
     }
     ks_framing_write_back(framing, &settled);
-    instance->serial = jemalloc_new_serial();
+    instance->serial = ks_serial_next();
     instance->frame_bytes = settled.frame_bytes;
     instance->align_bytes = settled.align_bytes;
     instance->placement = MALLOCX_ALIGN(instance->align_bytes) | MALLOCX_ARENA(instance->arena.index);

@@ -56,6 +56,7 @@
 #include "frame_set.h"
 #include "framing.h"
 #include "ksalloc.h"
+#include "peer_sync.h"
 
 #define MIMALLOC_DEFAULT_FRAME_BYTES 4096u
 /* Limits stated to the harness, the same as the other general-purpose allocators' so that one
@@ -68,45 +69,10 @@ _Static_assert(MIMALLOC_DEFAULT_FRAME_BYTES <= MIMALLOC_MAX_FRAME_BYTES, "the de
 _Static_assert(MIMALLOC_MAX_FRAME_BYTES <= UINT32_MAX, "FrameSize is a ULONG");
 _Static_assert(MI_MALLOC_VERSION >= 200, "mi_malloc_aligned_at and a thread-safe mi_free as in mimalloc 2.x");
 
-#if defined(__SANITIZE_THREAD__)
-#define MIMALLOC_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define MIMALLOC_TSAN 1
-#endif
-#endif
-#ifndef MIMALLOC_TSAN
-#define MIMALLOC_TSAN 0
-#endif
-
-#if MIMALLOC_TSAN
-/* TSan's synchronisation annotations (sanitizer/tsan_interface.h, declared here because Debian's
- * gcc ships no sanitizer headers). One object stands for mimalloc's internal locks and atomics,
- * which TSan cannot see because the library is not instrumented: every Free releases it before
- * the frame goes back to mimalloc, every Allocate acquires it after a frame comes out, so all
- * accesses to a frame before its Free happen before all accesses after its reuse. */
-void __tsan_acquire(void *addr);
-void __tsan_release(void *addr);
-static char mimalloc_tsan_sync;
-#define MIMALLOC_FRAME_ACQUIRED() __tsan_acquire(&mimalloc_tsan_sync)
-#define MIMALLOC_FRAME_RELEASED() __tsan_release(&mimalloc_tsan_sync)
-/*
- * The library's own calls to intercepted libc functions (memset/memcpy on its metadata, which it
- * recycles between threads through atomics TSan does not see) would be reported as races inside
- * the library; called_from_lib tells TSan to ignore interceptors called from it. A program gets
- * one __tsan_default_suppressions, so mimalloc.c and tcmalloc.c define the same weak one naming
- * both libraries, and whichever the linker keeps covers both (a program with its own list
- * overrides this one and should carry these lines).
- */
-const char *__tsan_default_suppressions(void);
-__attribute__((weak)) const char *__tsan_default_suppressions(void)
-{
-    return "called_from_lib:libmimalloc.so.2\ncalled_from_lib:libtcmalloc_minimal.so.4\n";
-}
-#else
-#define MIMALLOC_FRAME_ACQUIRED() ((void)0)
-#define MIMALLOC_FRAME_RELEASED() ((void)0)
-#endif
+/* mimalloc's internal locks and atomics, as TSan is told of them (peer_sync.h). */
+KS_PEER_SYNC_OBJECT(mimalloc_tsan_sync);
+#define MIMALLOC_FRAME_ACQUIRED() KS_PEER_FRAME_ACQUIRED(mimalloc_tsan_sync)
+#define MIMALLOC_FRAME_RELEASED() KS_PEER_FRAME_RELEASED(mimalloc_tsan_sync)
 
 typedef struct mimalloc_instance {
     ks_sharded_frame_set live; /* the live frames; thread-safe */

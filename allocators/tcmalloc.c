@@ -50,6 +50,7 @@
 #include "frame_set.h"
 #include "framing.h"
 #include "ksalloc.h"
+#include "peer_sync.h"
 #include "sanitizers.h"
 
 #define TCMALLOC_DEFAULT_FRAME_BYTES 4096u
@@ -62,34 +63,10 @@ _Static_assert((TCMALLOC_MAX_ALIGN_BYTES & (TCMALLOC_MAX_ALIGN_BYTES - 1)) == 0,
 _Static_assert(TCMALLOC_DEFAULT_FRAME_BYTES <= TCMALLOC_MAX_FRAME_BYTES, "the default frame is within the limit");
 _Static_assert(TCMALLOC_MAX_FRAME_BYTES <= UINT32_MAX, "FrameSize is a ULONG");
 
-#if KS_TSAN
-/* TSan's synchronisation annotations (sanitizer/tsan_interface.h, declared here because Debian's
- * gcc ships no sanitizer headers). One object stands for tcmalloc's internal locks and atomics,
- * which TSan cannot see because the library is not instrumented: every Free releases it before
- * the frame goes back to tcmalloc, every Allocate acquires it after a frame comes out, so all
- * accesses to a frame before its Free happen before all accesses after its reuse. */
-void __tsan_acquire(void *addr);
-void __tsan_release(void *addr);
-static char tcmalloc_tsan_sync;
-#define TCMALLOC_FRAME_ACQUIRED() __tsan_acquire(&tcmalloc_tsan_sync)
-#define TCMALLOC_FRAME_RELEASED() __tsan_release(&tcmalloc_tsan_sync)
-/*
- * The library's own calls to intercepted libc functions (memset/memcpy on its metadata, which it
- * recycles between threads through atomics TSan does not see) would be reported as races inside
- * the library; called_from_lib tells TSan to ignore interceptors called from it. A program gets
- * one __tsan_default_suppressions, so mimalloc.c and tcmalloc.c define the same weak one naming
- * both libraries, and whichever the linker keeps covers both (a program with its own list
- * overrides this one and should carry these lines).
- */
-const char *__tsan_default_suppressions(void);
-__attribute__((weak)) const char *__tsan_default_suppressions(void)
-{
-    return "called_from_lib:libmimalloc.so.2\ncalled_from_lib:libtcmalloc_minimal.so.4\n";
-}
-#else
-#define TCMALLOC_FRAME_ACQUIRED() ((void)0)
-#define TCMALLOC_FRAME_RELEASED() ((void)0)
-#endif
+/* tcmalloc's internal locks and atomics, as TSan is told of them (peer_sync.h). */
+KS_PEER_SYNC_OBJECT(tcmalloc_tsan_sync);
+#define TCMALLOC_FRAME_ACQUIRED() KS_PEER_FRAME_ACQUIRED(tcmalloc_tsan_sync)
+#define TCMALLOC_FRAME_RELEASED() KS_PEER_FRAME_RELEASED(tcmalloc_tsan_sync)
 
 #if KS_ASAN
 /*
