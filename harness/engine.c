@@ -44,6 +44,7 @@
 #include "heap.h"
 #include "trace.h"
 #include "verifier.h"
+#include "watch.h"
 #include "workload.h"
 
 #define DEQUE_INITIAL_SLOTS 16u
@@ -77,6 +78,7 @@ typedef struct engine_pin {
 
 struct ks_engine {
     ks_engine_options options;
+    struct ks_watch_slot *watch_slot; /* slot 0 of options.watch, or NULL */
     unsigned pin_count;
     unsigned heap_count;
     ks_heap *heaps[KS_MAX_HEAPS];
@@ -263,9 +265,16 @@ static NTSTATUS open_pin(ks_engine *engine, unsigned index, const ks_pin_config 
         initial_context = &state->verifier_pin;
         state->dispatch = &ks_verifier_dispatch;
     }
+    ks_watch_name_pin(engine->options.watch, index, config->entry->name);
+    ks_watch_enter(engine->watch_slot, KS_WATCH_INITIALIZE, index, engine->stats.ops);
     NTSTATUS status = state->dispatch->InitializeAllocator(initial_context, &state->framing, &state->context);
+    ks_watch_leave(engine->watch_slot);
     if (!NT_SUCCESS(status))
         return init_failed(state, status, err);
+    if (state->context == NULL) /* no call may reach the allocator with it: the pin stops here */
+        return ks_error_set(err, STATUS_INVALID_HANDLE,
+                            "%s (allocator '%s'): InitializeAllocator returned STATUS_SUCCESS with *Context left NULL",
+                            state->name, state->entry->name ? state->entry->name : "?");
     state->initialized = true; /* state->framing now holds what the allocator settled on */
     engine->view.frames[index] = state->framing.Frames;
     return STATUS_SUCCESS;
@@ -361,10 +370,15 @@ static NTSTATUS teardown(ks_engine *engine, bool keep_live, ks_error *err)
         engine_pin *state = &engine->pins[i];
         while (state->initialized && !keep_live && state->live.count > 0) {
             void *frame = deque_remove(&state->live, state->live.count - 1);
+            ks_watch_enter(engine->watch_slot, KS_WATCH_FREE, i, engine->stats.ops);
             state->dispatch->Free(state->context, frame);
+            ks_watch_leave(engine->watch_slot);
         }
-        if (state->initialized)
+        if (state->initialized) {
+            ks_watch_enter(engine->watch_slot, KS_WATCH_DELETE, i, engine->stats.ops);
             state->dispatch->DeleteAllocator(state->context);
+            ks_watch_leave(engine->watch_slot);
+        }
         state->initialized = false;
         free(state->live.slots);
         state->live = (live_deque){0};
@@ -400,6 +414,7 @@ NTSTATUS ks_engine_open(const ks_workload_config *config, const ks_engine_option
         return ks_error_set(err, STATUS_INSUFFICIENT_RESOURCES, "engine: out of memory");
     if (options != NULL)
         engine->options = *options;
+    engine->watch_slot = ks_watch_slot_at(engine->options.watch, 0);
     engine->view.pin_count = config->pin_count;
     status = create_dma_device(engine, config, err);
     if (NT_SUCCESS(status))
@@ -464,7 +479,9 @@ static NTSTATUS step_allocate(ks_engine *engine, engine_pin *state, unsigned pin
         return ks_error_set(err, STATUS_INSUFFICIENT_RESOURCES,
                             "op ALLOCATE on pin %u: out of memory tracking %u live frames", pin,
                             (unsigned)state->live.count);
+    ks_watch_enter(engine->watch_slot, KS_WATCH_ALLOCATE, pin, engine->stats.ops);
     void *frame = state->dispatch->Allocate(state->context);
+    ks_watch_leave(engine->watch_slot);
     *allocated = frame != NULL;
     engine->view.last_allocate_failed[pin] = frame == NULL;
     if (frame == NULL) {
@@ -768,17 +785,23 @@ NTSTATUS ks_engine_step(ks_engine *engine, const ks_op *op, bool *allocated, ks_
             return status;
     } else if (op->kind == KS_OP_FREE) {
         void *frame = deque_remove(&state->live, op->arg);
+        ks_watch_enter(engine->watch_slot, KS_WATCH_FREE, op->pin, engine->stats.ops);
         state->dispatch->Free(state->context, frame);
+        ks_watch_leave(engine->watch_slot);
         engine->live_total--;
         engine->stats.frees++;
     } else if (op->kind >= KS_OP_DMA_FIRST) {
+        ks_watch_enter(engine->watch_slot, KS_WATCH_FRAME_ACCESS, op->pin, engine->stats.ops);
         status = step_dma(engine, state, op, err);
+        ks_watch_leave(engine->watch_slot);
     } else {
         void *frame = *deque_slot(&state->live, op->arg);
+        ks_watch_enter(engine->watch_slot, KS_WATCH_FRAME_ACCESS, op->pin, engine->stats.ops);
         if (engine->options.verifier != NULL)
             ks_verifier_touch(state->context, frame);
         else
             touch_bare(frame, state->framing.FrameSize, (uint8_t)(engine->stats.ops | 1u));
+        ks_watch_leave(engine->watch_slot);
         engine->stats.touches++;
     }
     engine->view.live[op->pin] = state->live.count;

@@ -18,6 +18,10 @@ typedef struct ks_error {
 NTSTATUS ks_error_set(ks_error *err, NTSTATUS status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* Puts "<prefix>: " before err's message (which may be NULL), keeping its status. The prefix is
+ * formatted first and the old message copied, so it may name err->message's contents safely. */
+void ks_error_prefix(ks_error *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
 /* Clears err to STATUS_SUCCESS and an empty message. */
 void ks_error_clear(ks_error *err);
 

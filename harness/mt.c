@@ -35,6 +35,7 @@
 
 #include "dma/dma.h"
 #include "verifier.h"
+#include "watch.h"
 
 #define TOUCH_STRIDE_BYTES 4096u
 #define DEFAULT_UNBOUNDED_QUEUE_SLOTS 64u
@@ -98,6 +99,7 @@ typedef struct mt_slot {
     ks_run_stats stats;
     uint64_t handoffs;
     uint8_t touch_value;
+    ks_watch_slot *watch;   /* this slot's in options->watch, or NULL */
     /* Supervisor bookkeeping, under run->done_lock. */
     pthread_t thread;
     bool thread_running;
@@ -273,7 +275,9 @@ static void count_op(mt_slot *slot)
 static bool frame_allocate(mt_slot *slot, frame_ref *ref)
 {
     mt_instance *instance = &slot->run->instances[slot->instance];
+    ks_watch_enter(slot->watch, KS_WATCH_ALLOCATE, slot->instance, slot->stats.ops);
     ref->frame = instance->dispatch->Allocate(instance->context);
+    ks_watch_leave(slot->watch);
     ref->instance = slot->instance;
     count_op(slot);
     if (ref->frame == NULL) {
@@ -287,7 +291,9 @@ static bool frame_allocate(mt_slot *slot, frame_ref *ref)
 static void frame_free(mt_slot *slot, frame_ref ref)
 {
     mt_instance *instance = &slot->run->instances[ref.instance];
+    ks_watch_enter(slot->watch, KS_WATCH_FREE, ref.instance, slot->stats.ops);
     instance->dispatch->Free(instance->context, ref.frame);
+    ks_watch_leave(slot->watch);
     slot->stats.frees++;
     count_op(slot);
 }
@@ -297,6 +303,7 @@ static void frame_free(mt_slot *slot, frame_ref ref)
 static void frame_touch(mt_slot *slot, frame_ref ref)
 {
     mt_instance *instance = &slot->run->instances[ref.instance];
+    ks_watch_enter(slot->watch, KS_WATCH_FRAME_ACCESS, ref.instance, slot->stats.ops);
     if (slot->run->options->verifier != NULL) {
         ks_verifier_touch(instance->context, ref.frame);
     } else if (instance->framing.FrameSize > 0) {
@@ -309,6 +316,7 @@ static void frame_touch(mt_slot *slot, frame_ref ref)
         }
         bytes[frame_bytes - 1] = slot->touch_value++;
     }
+    ks_watch_leave(slot->watch);
     slot->stats.touches++;
     count_op(slot);
 }
@@ -626,7 +634,16 @@ static NTSTATUS open_instance(mt_run *run, unsigned index, ks_error *err)
         initial_context = &instance->verifier_pin;
         instance->dispatch = &ks_verifier_dispatch;
     }
+    ks_watch_slot *watch = ks_watch_slot_at(options->watch, 0);
+    if (index == 0)
+        ks_watch_name_pin(options->watch, 0, options->entry->name);
+    ks_watch_enter(watch, KS_WATCH_INITIALIZE, index, 0);
     NTSTATUS status = instance->dispatch->InitializeAllocator(initial_context, &instance->framing, &instance->context);
+    ks_watch_leave(watch);
+    if (NT_SUCCESS(status) && instance->context == NULL) /* no call may reach it: the run stops */
+        return ks_error_set(err, STATUS_INVALID_HANDLE,
+                            "%s (allocator '%s'): InitializeAllocator returned STATUS_SUCCESS with *Context left NULL",
+                            instance->name, options->entry->name);
     if (!NT_SUCCESS(status))
         return ks_error_set(err, status,
                             "%s (allocator '%s', frames=%u frame_bytes=%u align_mask=0x%x): InitializeAllocator "
@@ -706,6 +723,7 @@ static NTSTATUS setup_slots(mt_run *run, ks_error *err)
         mt_slot *slot = &run->slots[t];
         slot->run = run;
         slot->index = t;
+        slot->watch = ks_watch_slot_at(options->watch, t + 1);
         slot->rng_state = splitmix64(&seed_state) | 1u; /* xorshift needs a non-zero state */
         slot->live_target = live_target;
         slot->status = STATUS_SUCCESS;
@@ -758,14 +776,20 @@ static NTSTATUS destroy_dma_device(ks_dma_device *device, const char *allocator,
 
 /* Frees what slots and queues still hold, deletes the instances, releases the queues and the DMA
  * device. Returns a DMA checker report as an error (the only failure teardown can find). */
+static void teardown_free(mt_run *run, ks_watch_slot *watch, frame_ref ref)
+{
+    ks_watch_enter(watch, KS_WATCH_FREE, ref.instance, 0);
+    run->instances[ref.instance].dispatch->Free(run->instances[ref.instance].context, ref.frame);
+    ks_watch_leave(watch);
+}
+
 static NTSTATUS teardown(mt_run *run, ks_error *err)
 {
+    ks_watch_slot *watch = ks_watch_slot_at(run->options->watch, 0);
     for (unsigned t = 0; t < run->slot_count; t++) {
         mt_slot *slot = &run->slots[t];
-        while (slot->live_count > 0) {
-            frame_ref ref = slot->live[--slot->live_count];
-            run->instances[ref.instance].dispatch->Free(run->instances[ref.instance].context, ref.frame);
-        }
+        while (slot->live_count > 0)
+            teardown_free(run, watch, slot->live[--slot->live_count]);
         free(slot->live);
     }
     for (unsigned q = 0; q < run->queue_count; q++) {
@@ -774,12 +798,16 @@ static NTSTATUS teardown(mt_run *run, ks_error *err)
             continue; /* set-up failed before this queue */
         run->queues[q].open = 0;
         while (queue_pop(run, &run->queues[q], &ref, false))
-            run->instances[ref.instance].dispatch->Free(run->instances[ref.instance].context, ref.frame);
+            teardown_free(run, watch, ref);
         queue_destroy(&run->queues[q]);
     }
-    for (unsigned i = 0; i < run->instance_count; i++)
-        if (run->instances[i].initialized)
-            run->instances[i].dispatch->DeleteAllocator(run->instances[i].context);
+    for (unsigned i = 0; i < run->instance_count; i++) {
+        if (!run->instances[i].initialized)
+            continue;
+        ks_watch_enter(watch, KS_WATCH_DELETE, i, 0);
+        run->instances[i].dispatch->DeleteAllocator(run->instances[i].context);
+        ks_watch_leave(watch);
+    }
     NTSTATUS status = destroy_dma_device(run->dma_device, run->options->entry->name, err);
     pthread_mutex_destroy(&run->done_lock);
     pthread_cond_destroy(&run->done_cond);

@@ -73,6 +73,9 @@ typedef struct ks_mt_options {
     uint32_t queue_slots; /* bound of each hand-off queue and inbox; 0 = derived from Frames */
     struct ks_verifier *verifier; /* run every instance through this session, or NULL (bare) */
     bool stop_at_fault; /* stop soon after the verifier records its first fault */
+    /* Marks every call into the allocator and every frame access (watch.h): the supervising
+     * thread in slot 0, thread slot t in slot t + 1; NULL: none. */
+    struct ks_watch *watch;
 } ks_mt_options;
 
 typedef struct ks_mt_stats {

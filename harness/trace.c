@@ -614,14 +614,18 @@ static NTSTATUS append_op(trace_parser *parser, const ks_op *op, bool allocated)
         if (ops != NULL)
             trace->ops = ops;
         uint8_t *outcomes = ops ? realloc(trace->allocated, capacity) : NULL;
-        if (outcomes == NULL)
+        if (outcomes != NULL)
+            trace->allocated = outcomes;
+        uint32_t *lines = outcomes ? realloc(trace->op_lines, capacity * sizeof *lines) : NULL;
+        if (lines == NULL)
             return parse_error(parser, STATUS_INSUFFICIENT_RESOURCES, "out of memory after %zu ops, expected less",
                                trace->op_count);
-        trace->allocated = outcomes;
+        trace->op_lines = lines;
         parser->ops_capacity = capacity;
     }
     trace->ops[trace->op_count] = *op;
     trace->allocated[trace->op_count] = allocated ? 1 : 0;
+    trace->op_lines[trace->op_count] = parser->line_number > UINT32_MAX ? UINT32_MAX : (uint32_t)parser->line_number;
     trace->op_count++;
     return STATUS_SUCCESS;
 }
@@ -753,6 +757,7 @@ NTSTATUS ks_trace_parse(const char *text, size_t text_bytes, const char *source,
         return ks_error_set(err, STATUS_INVALID_PARAMETER, "trace parse: %s is NULL", trace ? "text" : "trace");
     memset(trace, 0, sizeof *trace);
     trace_parser parser = {.source = source ? source : "<trace>", .trace = trace, .err = err};
+    snprintf(trace->source, sizeof trace->source, "%s", parser.source);
     NTSTATUS status = STATUS_SUCCESS;
     size_t offset = 0;
     while (NT_SUCCESS(status) && offset < text_bytes) {
@@ -768,6 +773,14 @@ NTSTATUS ks_trace_parse(const char *text, size_t text_bytes, const char *source,
     if (!NT_SUCCESS(status))
         ks_trace_release(trace);
     return status;
+}
+
+void ks_trace_op_where(const ks_trace *trace, size_t index, char *where, size_t where_bytes)
+{
+    if (trace->op_lines != NULL && index < trace->op_count)
+        snprintf(where, where_bytes, "%s:%u", trace->source, (unsigned)trace->op_lines[index]);
+    else
+        snprintf(where, where_bytes, "%s", trace->source);
 }
 
 /* Reads a whole file; works on pipes and devices too, where the size is not known up front. */
@@ -823,5 +836,6 @@ void ks_trace_release(ks_trace *trace)
         return;
     free(trace->ops);
     free(trace->allocated);
+    free(trace->op_lines);
     memset(trace, 0, sizeof *trace);
 }

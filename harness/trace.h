@@ -36,8 +36,13 @@ typedef struct ks_trace {
     uint64_t seed;
     ks_op *ops;
     uint8_t *allocated; /* per op: 1 if a recorded ALLOCATE got a frame */
+    uint32_t *op_lines; /* per op: its line in the trace file, for messages (NULL when not parsed) */
     size_t op_count;
+    char source[256];   /* the file (or source name) the trace was parsed from */
 } ks_trace;
+
+/* "t.trace:12" for op index of a parsed trace, into where. */
+void ks_trace_op_where(const ks_trace *trace, size_t index, char *where, size_t where_bytes);
 
 /* Parses a whole trace held in memory; source names it in errors ("t.trace:12: ..."). */
 NTSTATUS ks_trace_parse(const char *text, size_t text_bytes, const char *source, ks_trace *trace, ks_error *err);

@@ -41,6 +41,8 @@
  */
 #include "verifier.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -48,6 +50,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "sanitizers.h"
 #include "shadow.h"
@@ -109,6 +112,7 @@ struct ks_verifier {
     _Atomic uint64_t faults_kept; /* slots of faults[] written; published with release */
     _Atomic unsigned next_instance;
     ks_fault *faults;
+    int zero_fd; /* /dev/zero, for options.probe_frames; -1 when not probing */
     /* Under the lock. The node pool's failures to grow: not faults of any allocator, so they are
      * not in faults[]; verifier.h has no accessor for them yet (see the top of the file). */
     uint64_t internal_failures;
@@ -144,6 +148,7 @@ const char *ks_fault_kind_name(ks_fault_kind kind)
         [KS_FAULT_BAD_FREE] = "bad-free",
         [KS_FAULT_LEAK] = "leak",
         [KS_FAULT_SELF_CHECK] = "self-check",
+        [KS_FAULT_UNWRITABLE_FRAME] = "unwritable-frame",
     };
     if ((unsigned)kind >= KS_FAULT_KIND_COUNT)
         return "unknown";
@@ -584,9 +589,15 @@ static NTSTATUS verifier_initialize(PVOID initial_context, PKSALLOCATOR_FRAMING 
     fault_batch batch;
     batch.count = 0;
     check_settled_framing(inst, &requested, atomic_load(&vpin->verifier->op_count), &batch);
+    batch_publish(vpin->verifier, &batch);
+    if (inner_context == NULL) {
+        /* Reported above; no call may reach the allocator with a NULL context, so the pin stops
+         * here (nor can DeleteAllocator be called: there is nothing to delete). */
+        instance_record_give(vpin->verifier, inst);
+        return STATUS_INVALID_HANDLE;
+    }
     *framing = settled;
     *context = inst;
-    batch_publish(vpin->verifier, &batch);
     return STATUS_SUCCESS;
 }
 
@@ -704,6 +715,22 @@ static void note_internal_failure(verifier_instance *inst, uintptr_t address, ui
     pthread_mutex_unlock(&verifier->lock);
 }
 
+/* True when bytes at frame can all be written: the kernel writes zeros there (read(2) from
+ * /dev/zero), and an unmapped or read-only page fails that call with EFAULT instead of faulting
+ * this process. The pattern fill that follows overwrites the zeros. */
+static bool frame_writable(int zero_fd, void *frame, size_t bytes)
+{
+    for (size_t done = 0; done < bytes;) {
+        ssize_t got = read(zero_fd, (char *)frame + done, bytes - done);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got <= 0)
+            return false;
+        done += (size_t)got;
+    }
+    return true;
+}
+
 static PVOID verifier_allocate(PVOID context)
 {
     verifier_instance *inst = context;
@@ -718,6 +745,18 @@ static PVOID verifier_allocate(PVOID context)
         pthread_rwlock_unlock(&inst->check_lock);
     fault_batch batch;
     batch.count = 0;
+    if (frame != NULL && verifier->zero_fd >= 0) {
+        size_t bytes = inst->framing.FrameSize != 0 ? inst->framing.FrameSize : 1;
+        if (!frame_writable(verifier->zero_fd, frame, bytes)) {
+            batch_add(&batch, inst, KS_FAULT_UNWRITABLE_FRAME, op_index, (uintptr_t)frame,
+                      "Allocate returned %p, and its %zu bytes cannot be written (%s): the frame is dropped, "
+                      "never touched",
+                      frame, bytes, strerror(errno));
+            atomic_fetch_sub(&inst->allocates_in_flight, 1);
+            finish_op(inst, op_index, &batch);
+            return NULL;
+        }
+    }
     admit_verdict verdict = ADMIT_UNTRACKED;
     pthread_mutex_lock(&verifier->lock);
     if (frame == NULL)
@@ -888,6 +927,15 @@ NTSTATUS ks_verifier_create(const ks_verifier_options *options, ks_verifier **ve
                                                  "verifier: cannot keep %zu faults (max_faults_kept)", kept)
                                   : status;
     }
+    verifier->zero_fd = verifier->options.probe_frames ? open("/dev/zero", O_RDONLY | O_CLOEXEC) : -1;
+    if (verifier->options.probe_frames && verifier->zero_fd < 0) {
+        int open_errno = errno;
+        ks_shadow_destroy(verifier->shadow);
+        free(verifier->faults);
+        free(verifier);
+        return ks_error_set(err, STATUS_NOT_SUPPORTED, "verifier: probe_frames needs /dev/zero: %s",
+                            strerror(open_errno));
+    }
     pthread_mutex_init(&verifier->lock, NULL);
     verifier->salt = mix64(atomic_fetch_add(&sessions_created, 1) * PATTERN_GAMMA);
     ks_error_clear(&verifier->internal_error);
@@ -921,6 +969,8 @@ void ks_verifier_destroy(ks_verifier *verifier)
         return;
     ks_shadow_destroy(verifier->shadow);
     pthread_mutex_destroy(&verifier->lock);
+    if (verifier->zero_fd >= 0)
+        close(verifier->zero_fd);
     while (verifier->spare_instances != NULL) {
         verifier_instance *inst = verifier->spare_instances;
         verifier->spare_instances = inst->next_spare;

@@ -41,6 +41,7 @@ typedef enum ks_fault_kind {
     KS_FAULT_BAD_FREE,          /* Free of a frame not live in that instance */
     KS_FAULT_LEAK,              /* frames still live at DeleteAllocator */
     KS_FAULT_SELF_CHECK,        /* the allocator's own self_check failed */
+    KS_FAULT_UNWRITABLE_FRAME,  /* Allocate returned memory that cannot be written (probe_frames) */
     KS_FAULT_KIND_COUNT
 } ks_fault_kind;
 
@@ -67,6 +68,11 @@ typedef struct ks_verifier_options {
     /* Called once per fault, with the session's lock not held. May be NULL. */
     void (*on_fault)(void *arg, const ks_fault *fault);
     void *on_fault_arg;
+    /* Before the verifier first writes a new frame, the kernel writes it (read(2) from /dev/zero,
+     * which fails with EFAULT on an unmapped or read-only page instead of faulting this process):
+     * a frame that cannot be written is a fault and never reaches the caller (Allocate returns
+     * NULL). One system call per Allocate; the CLI sets it, the fuzz targets (under ASan) do not. */
+    bool probe_frames;
 } ks_verifier_options;
 
 NTSTATUS ks_verifier_create(const ks_verifier_options *options, ks_verifier **verifier, ks_error *err);

@@ -189,6 +189,9 @@ typedef struct ks_engine_options {
      * plants a driver that forgets its syncs (stale data on a non-coherent device). Frames the
      * engine maps itself always sync: their map and unmap do it. 0 = a correct driver. */
     unsigned dma_transfer_flags;
+    /* Marks every call into an allocator and every access to its frames in slot 0 of this watch
+     * (watch.h), for a supervisor in another process; NULL: none. */
+    struct ks_watch *watch;
 } ks_engine_options;
 
 typedef struct ks_run_stats {

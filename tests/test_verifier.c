@@ -15,6 +15,8 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "broken_allocators.h"
 #include "heap.h"
@@ -648,13 +650,62 @@ Test(verifier, success_with_a_null_context_is_caught)
     verified good, bad;
     open_verified(verifier, &ks_broken_init_null_context_entry, framing_of(8, 64, 0, 0), NULL, &good);
     expect_fault_count(verifier, 0);
-    open_verified(verifier, &ks_broken_init_null_context_entry, framing_of(0, 64, 0, 0), NULL, &bad);
+    /* The fault is reported and the pin stops: no context, so no Allocate can reach the
+     * allocator with NULL (it would crash a real one). */
+    cr_assert_eq(try_open(verifier, &ks_broken_init_null_context_entry, framing_of(0, 64, 0, 0), NULL, &bad),
+                 STATUS_INVALID_HANDLE);
+    cr_assert_null(bad.context);
     const ks_fault *fault =
         expect_fault(verifier, 0, KS_FAULT_INIT_FAILED, "broken_init_null_context", 1, 0, 0);
     expect_message_has(fault, "returned STATUS_SUCCESS with *Context left NULL");
     v_delete(&good);
-    v_delete(&bad);
     expect_fault_count(verifier, 1);
+    ks_verifier_destroy(verifier);
+}
+
+/* An allocator whose frames are an unmapped page, then a read-only page. */
+static void *garbage_page;
+static NTSTATUS garbage_init(PVOID pin, PKSALLOCATOR_FRAMING framing, PVOID *context)
+{
+    (void)pin;
+    (void)framing;
+    *context = &garbage_page;
+    return STATUS_SUCCESS;
+}
+static void garbage_delete(PVOID context) { (void)context; }
+static PVOID garbage_allocate(PVOID context) { (void)context; return garbage_page; }
+static void garbage_free(PVOID context, PVOID frame) { (void)context; (void)frame; }
+static const KSALLOCATOR_DISPATCH garbage_dispatch = {garbage_init, garbage_delete, garbage_allocate, garbage_free};
+static const ks_allocator_entry garbage_entry = {.abi_version = KSALLOC_ABI_VERSION,
+                                                 .struct_bytes = sizeof(ks_allocator_entry),
+                                                 .name = "garbage",
+                                                 .dispatch = &garbage_dispatch};
+
+/* With probe_frames, a frame that cannot be written is a fault and never returned, so the
+ * verifier's pattern fill never faults the process; without, the test would die here. */
+Test(verifier, an_unwritable_frame_is_a_fault_not_a_crash)
+{
+    ks_verifier_options options = {.probe_frames = true};
+    ks_verifier *verifier = NULL;
+    ks_error err;
+    ks_error_clear(&err);
+    cr_assert_eq(ks_verifier_create(&options, &verifier, &err), STATUS_SUCCESS, "%s", err.message);
+    long page_bytes = sysconf(_SC_PAGESIZE);
+    void *pages = mmap(NULL, 2 * (size_t)page_bytes, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    cr_assert_neq(pages, MAP_FAILED);
+    cr_assert_eq(munmap((char *)pages + page_bytes, (size_t)page_bytes), 0);
+    verified v;
+    open_verified(verifier, &garbage_entry, framing_of(1, 64, 0, 0), NULL, &v);
+    garbage_page = (char *)pages + page_bytes; /* unmapped */
+    cr_assert_null(v_allocate(&v));
+    const ks_fault *fault =
+        expect_fault(verifier, 0, KS_FAULT_UNWRITABLE_FRAME, "garbage", 0, 0, (uintptr_t)garbage_page);
+    expect_message_has(fault, "cannot be written (Bad address)");
+    garbage_page = pages; /* mapped, read-only */
+    cr_assert_null(v_allocate(&v));
+    expect_fault(verifier, 1, KS_FAULT_UNWRITABLE_FRAME, "garbage", 0, 1, (uintptr_t)garbage_page);
+    v_delete(&v);
+    munmap(pages, (size_t)page_bytes);
     ks_verifier_destroy(verifier);
 }
 
@@ -820,7 +871,8 @@ Test(verifier, fault_kind_names_are_stable_and_distinct)
 {
     const char *expected[KS_FAULT_KIND_COUNT] = {"none",           "init-failed", "null-promised", "over-capacity",
                                                  "misaligned",     "double-handout", "short-frame", "overlap",
-                                                 "corruption",     "bad-free",    "leak",          "self-check"};
+                                                 "corruption",     "bad-free",    "leak",          "self-check",
+                                                 "unwritable-frame"};
     for (int kind = 0; kind < KS_FAULT_KIND_COUNT; kind++)
         cr_assert_str_eq(ks_fault_kind_name((ks_fault_kind)kind), expected[kind]);
     cr_assert_str_eq(ks_fault_kind_name(KS_FAULT_KIND_COUNT), "unknown");

@@ -42,6 +42,36 @@ void ks_cli_print_fault(void *printer, const ks_fault *fault);
 /* Prints the run's one-line summary to stdout. */
 void ks_cli_print_summary(const char *label, const ks_run_stats *stats, uint64_t faults);
 
+/* ---- Isolation of the allocator under test (isolate.c) ---------------------------------------- */
+
+/* --timeout S (a callback that makes no progress for S seconds is hung), --run-timeout S,
+ * --rss-limit-mb N, --no-isolate: taken by run, replay and dma before their own options. */
+typedef struct ks_cli_isolation {
+    bool enabled;
+    double callback_timeout_s; /* 0: none */
+    double run_timeout_s;      /* 0: none */
+    uint64_t rss_limit_mb;     /* 0: none */
+} ks_cli_isolation;
+
+void ks_cli_isolation_defaults(ks_cli_isolation *isolation);
+/* Takes the isolation flags out of argv[1..] (anywhere before a "--"), leaving the rest in order.
+ * Returns -1, or KS_EXIT_USAGE after printing what was wrong. */
+int ks_cli_isolation_parse(const char *cmd, int *argc, char **argv, ks_cli_isolation *isolation);
+/* Runs body(argc, argv) in a supervised child process (or here, when not enabled) and returns
+ * the command's exit code, or 1 after reporting what the allocator did to the process (a signal,
+ * exit, a hang, a memory limit), or 3 when the process died outside any allocator callback.
+ * allocator names the allocator in a report until the child has named its pins; original_argv
+ * is the command line the reproducer prints. */
+int ks_cli_isolated(const char *cmd, const ks_cli_isolation *isolation, int (*body)(int, char **), int argc,
+                    char **argv, const char *allocator, int original_argc, char **original_argv);
+/* The watch of this process when it runs isolated (the child), else NULL: commands hand it to
+ * the engine and the threaded runner. */
+struct ks_watch *ks_cli_watch(void);
+/* ks_allocator_resolve with the load marked in the watch (a plugin's constructors run then) and
+ * pin named after spec. */
+NTSTATUS ks_cli_resolve_watched(const char *spec, unsigned pin, const ks_allocator_entry **entry,
+                                struct ks_plugin **plugin, ks_error *err);
+
 int ks_cmd_list(int argc, char **argv);
 int ks_cmd_run(int argc, char **argv);
 int ks_cmd_replay(int argc, char **argv);

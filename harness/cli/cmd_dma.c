@@ -255,13 +255,14 @@ static NTSTATUS dma_run_open(const dma_cli_options *opts, const ks_allocator_ent
     if (!NT_SUCCESS(status))
         return status;
     snprintf(config.dma_options, sizeof config.dma_options, "%s", opts->device);
-    ks_verifier_options vopts = {.on_fault = ks_cli_print_fault, .on_fault_arg = &run->printer};
+    ks_verifier_options vopts = {.on_fault = ks_cli_print_fault, .on_fault_arg = &run->printer,
+                                 .probe_frames = true};
     if (opts->verify && !NT_SUCCESS(status = ks_verifier_create(&vopts, &run->verifier, &run->err)))
         return status;
     if (opts->trace_out && !NT_SUCCESS(status = ks_trace_writer_open(opts->trace_out, &config, ks_profile_name(profile),
                                                                       opts->seed, &run->trace, &run->err)))
         return status;
-    ks_engine_options eopts = {.verifier = run->verifier, .trace = run->trace,
+    ks_engine_options eopts = {.verifier = run->verifier, .trace = run->trace, .watch = ks_cli_watch(),
                                .dma_transfer_flags = opts->no_sync ? KS_DMA_TRANSFER_NO_SYNC : 0};
     return ks_engine_open(&config, &eopts, &run->engine, &run->err);
 }

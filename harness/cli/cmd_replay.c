@@ -89,6 +89,24 @@ static int parse_replay_options(int argc, char **argv, replay_options *opts)
     return -1;
 }
 
+/* A pin of the trace that names a plugin, when nothing on the command line does: replay loads
+ * no code a file names (a trace attached to a bug report could name any shared object). */
+static int refuse_trace_plugins(const ks_workload_config *config, const char *override, const char *path)
+{
+    if (override != NULL)
+        return -1;
+    for (unsigned i = 0; i < config->pin_count; i++) {
+        if (strncmp(config->pins[i].allocator, "plugin:", 7) != 0)
+            continue;
+        fprintf(stderr,
+                "ksalloc replay: %s: pin %u names the plugin '%s'; replay loads no code that a trace names. To "
+                "replay it on that plugin, name it on the command line: ksalloc replay %s --plugin %s\n",
+                path, i, config->pins[i].allocator + 7, path, config->pins[i].allocator + 7);
+        return KS_EXIT_USAGE;
+    }
+    return -1;
+}
+
 /* Resolves every pin's allocator; plugins loaded are kept in plugins[] for the caller to unload. */
 static NTSTATUS resolve_pins(ks_workload_config *config, const char *override, ks_plugin **plugins, ks_error *err)
 {
@@ -100,7 +118,7 @@ static NTSTATUS resolve_pins(ks_workload_config *config, const char *override, k
             if (strcmp(config->pins[j].allocator, pin->allocator) == 0)
                 pin->entry = config->pins[j].entry;
         if (pin->entry == NULL) {
-            NTSTATUS status = ks_allocator_resolve(pin->allocator, &pin->entry, &plugins[i], err);
+            NTSTATUS status = ks_cli_resolve_watched(pin->allocator, i, &pin->entry, &plugins[i], err);
             if (!NT_SUCCESS(status))
                 return status;
         }
@@ -116,7 +134,9 @@ static int64_t replay_ops(ks_engine *engine, const ks_trace *trace, ks_verifier 
     for (size_t i = 0; i < trace->op_count; i++) {
         bool allocated = false;
         if (!NT_SUCCESS(ks_engine_step(engine, &trace->ops[i], &allocated, err))) {
-            ks_error_set(err, err->status, "op %zu: %s", i, err->message);
+            char where[300];
+            ks_trace_op_where(trace, i, where, sizeof where);
+            ks_error_prefix(err, "%s: op %zu", where, i);
             return -1;
         }
         if (trace->ops[i].kind == KS_OP_ALLOCATE && allocated != (trace->allocated[i] != 0)) {
@@ -176,8 +196,10 @@ static NTSTATUS run_fuzz_ops(ks_engine *engine, ks_byte_reader *reader, ks_verif
     ks_engine_view(engine, &view);
     for (uint64_t index = 0; ks_decode_op(reader, &view, &op); index++) {
         NTSTATUS status = ks_engine_step(engine, &op, NULL, err);
-        if (!NT_SUCCESS(status))
-            return ks_error_set(err, status, "op %" PRIu64 ": %s", index, err->message);
+        if (!NT_SUCCESS(status)) {
+            ks_error_prefix(err, "op %" PRIu64, index);
+            return status;
+        }
         if (verifier && !keep_going && ks_verifier_fault_count(verifier) > 0)
             break;
         ks_engine_view(engine, &view);
@@ -190,7 +212,7 @@ static NTSTATUS run_fuzz_ops(ks_engine *engine, ks_byte_reader *reader, ks_verif
 static int open_fuzz_engine(const ks_workload_config *config, ks_verifier *verifier, ks_engine **engine,
                             ks_error *err)
 {
-    ks_engine_options eopts = {.verifier = verifier};
+    ks_engine_options eopts = {.verifier = verifier, .watch = ks_cli_watch()};
     if (NT_SUCCESS(ks_engine_open(config, &eopts, engine, err)))
         return -1;
     if (strncmp(err->message, "engine:", 7) == 0)
@@ -211,10 +233,11 @@ static int replay_fuzz_input(const replay_options *opts)
     ks_engine *engine = NULL;
     ks_cli_fault_printer printer = {.max_printed = opts->max_faults};
     ks_verifier_options vopts = {.self_check_every_ops = KS_FUZZ_SELF_CHECK_EVERY_OPS,
-                                 .on_fault = ks_cli_print_fault, .on_fault_arg = &printer};
+                                 .on_fault = ks_cli_print_fault, .on_fault_arg = &printer,
+                                 .probe_frames = true};
     int exit_code = KS_EXIT_ERROR;
     if (!NT_SUCCESS(read_fuzz_input(opts->path, &data, &size_bytes, &err)) ||
-        !NT_SUCCESS(ks_allocator_resolve(opts->allocator, &entry, &plugin, &err)) ||
+        !NT_SUCCESS(ks_cli_resolve_watched(opts->allocator, 0, &entry, &plugin, &err)) ||
         (opts->verify && !NT_SUCCESS(ks_verifier_create(&vopts, &verifier, &err))))
         goto out;
     ks_allocator_entry capped = *entry;
@@ -269,9 +292,15 @@ int ks_cmd_replay(int argc, char **argv)
         fprintf(stderr, "ksalloc replay: %s\n", err.message);
         return KS_EXIT_ERROR;
     }
+    int refused = refuse_trace_plugins(&trace.config, opts.allocator, opts.path);
+    if (refused >= 0) {
+        ks_trace_release(&trace);
+        return refused;
+    }
     ks_plugin *plugins[KS_MAX_PINS] = {NULL};
     ks_cli_fault_printer printer = {.max_printed = opts.max_faults};
-    ks_verifier_options vopts = {.on_fault = ks_cli_print_fault, .on_fault_arg = &printer};
+    ks_verifier_options vopts = {.on_fault = ks_cli_print_fault, .on_fault_arg = &printer,
+                                 .probe_frames = true};
     ks_verifier *verifier = NULL;
     ks_engine *engine = NULL;
     int exit_code = KS_EXIT_ERROR;
@@ -280,7 +309,7 @@ int ks_cmd_replay(int argc, char **argv)
         goto out;
     if (opts.verify && !NT_SUCCESS(ks_verifier_create(&vopts, &verifier, &err)))
         goto out;
-    ks_engine_options eopts = {.verifier = verifier};
+    ks_engine_options eopts = {.verifier = verifier, .watch = ks_cli_watch()};
     if (!NT_SUCCESS(ks_engine_open(&trace.config, &eopts, &engine, &err)))
         goto out;
     divergences = replay_ops(engine, &trace, verifier, opts.keep_going, &err);
@@ -296,8 +325,12 @@ int ks_cmd_replay(int argc, char **argv)
     ks_cli_print_summary(label, &stats, faults);
     exit_code = faults ? KS_EXIT_FAULT : KS_EXIT_CLEAN;
 out:
+    if (exit_code == KS_EXIT_ERROR && strncmp(err.message, opts.path, strlen(opts.path)) != 0)
+        ks_error_prefix(&err, "%s", opts.path); /* an op's error already starts with file:line */
     if (exit_code == KS_EXIT_ERROR)
-        fprintf(stderr, "ksalloc replay: %s: %s\n", opts.path, err.message);
+        fprintf(stderr, "ksalloc replay: %s\n", err.message);
+    if (exit_code == KS_EXIT_ERROR && verifier != NULL && ks_verifier_fault_count(verifier) > 0)
+        exit_code = KS_EXIT_FAULT; /* the replay stopped on the allocator's fault */
     if (engine)
         ks_engine_close(engine, NULL);
     if (verifier)

@@ -189,7 +189,8 @@ static int run_profile(const run_options *opts, const ks_allocator_entry *entry,
     ks_cli_fault_printer printer = {.max_printed = opts->max_faults};
     ks_verifier *verifier = NULL;
     ks_verifier_options vopts = {.self_check_every_ops = (uint32_t)opts->self_check_every,
-                                 .on_fault = ks_cli_print_fault, .on_fault_arg = &printer};
+                                 .on_fault = ks_cli_print_fault, .on_fault_arg = &printer,
+                                 .probe_frames = true};
     ks_trace_writer *trace = NULL;
     ks_engine *engine = NULL;
     int exit_code = KS_EXIT_ERROR;
@@ -198,7 +199,8 @@ static int run_profile(const run_options *opts, const ks_allocator_entry *entry,
     if (opts->trace_out &&
         !NT_SUCCESS(ks_trace_writer_open(opts->trace_out, &config, ks_profile_name(profile), opts->seed, &trace, &err)))
         goto out;
-    ks_engine_options eopts = {.verifier = verifier, .trace = trace, .keep_live_at_close = opts->keep_live};
+    ks_engine_options eopts = {.verifier = verifier, .trace = trace, .keep_live_at_close = opts->keep_live,
+                               .watch = ks_cli_watch()};
     if (!NT_SUCCESS(ks_engine_open(&config, &eopts, &engine, &err)))
         goto out;
     NTSTATUS status = ks_engine_run_profile(engine, profile, opts->seed, opts->ops, !opts->keep_going, &err);
@@ -232,6 +234,13 @@ static int run_profile(const run_options *opts, const ks_allocator_entry *entry,
 out:
     if (exit_code == KS_EXIT_ERROR)
         fprintf(stderr, "ksalloc run: %s\n", err.message);
+    /* The run stopped on the allocator's fault: the verifier's, or STATUS_INVALID_HANDLE, the
+     * engine stopping a pin whose InitializeAllocator succeeded with *Context left NULL. */
+    if (exit_code == KS_EXIT_ERROR &&
+        ((verifier != NULL && ks_verifier_fault_count(verifier) > 0) || err.status == STATUS_INVALID_HANDLE)) {
+        print_reproducer(opts, profile);
+        exit_code = KS_EXIT_FAULT;
+    }
     if (engine)
         ks_engine_close(engine, NULL);
     if (trace)
@@ -264,11 +273,13 @@ static int run_mt_profile(const run_options *opts, const ks_allocator_entry *ent
     ks_error_clear(&err);
     ks_cli_fault_printer printer = {.max_printed = opts->max_faults};
     ks_verifier_options vopts = {.self_check_every_ops = (uint32_t)opts->self_check_every,
-                                 .on_fault = ks_cli_print_fault, .on_fault_arg = &printer};
+                                 .on_fault = ks_cli_print_fault, .on_fault_arg = &printer,
+                                 .probe_frames = true};
     ks_mt_options mopts = {.entry = entry, .framing = opts->framing, .profile = profile,
                            .threads = (unsigned)opts->threads, .instances = (unsigned)opts->instances,
                            .ops = opts->ops, .seed = opts->seed, .churn_ops = opts->churn_ops,
-                           .fan_out = opts->fan_out, .stop_at_fault = !opts->keep_going};
+                           .fan_out = opts->fan_out, .stop_at_fault = !opts->keep_going,
+                           .watch = ks_cli_watch()};
     if (opts->verify && !NT_SUCCESS(ks_verifier_create(&vopts, &mopts.verifier, &err))) {
         fprintf(stderr, "ksalloc run: %s\n", err.message);
         return KS_EXIT_ERROR;
@@ -333,7 +344,7 @@ int ks_cmd_run(int argc, char **argv)
     ks_plugin *plugin = NULL;
     ks_error err;
     ks_error_clear(&err);
-    if (!NT_SUCCESS(ks_allocator_resolve(opts.allocator, &entry, &plugin, &err))) {
+    if (!NT_SUCCESS(ks_cli_resolve_watched(opts.allocator, 0, &entry, &plugin, &err))) {
         fprintf(stderr, "ksalloc run: %s\n", err.message);
         return KS_EXIT_ERROR;
     }

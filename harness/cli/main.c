@@ -2,9 +2,39 @@
  * main.c -- `ksalloc <command>`: dispatches to the subcommands in this folder.
  */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
+
+/* The value of --allocator NAME / --allocator=NAME / --plugin PATH in argv, for naming the
+ * allocator before the child has (a plugin whose constructors crash). */
+static const char *allocator_named(int argc, char **argv, const char *fallback)
+{
+    for (int index = 1; index < argc; index++) {
+        const char *arg = argv[index];
+        if ((strcmp(arg, "--allocator") == 0 || strcmp(arg, "--plugin") == 0) && index + 1 < argc)
+            return argv[index + 1];
+        if (strncmp(arg, "--allocator=", 12) == 0)
+            return arg + 12;
+        if (strncmp(arg, "--plugin=", 9) == 0)
+            return arg + 9;
+    }
+    return fallback;
+}
+
+/* run, replay and dma execute an allocator: in a supervised child (isolate.c). */
+static int run_isolated(int (*body)(int, char **), int argc, char **argv, int original_argc, char **original_argv,
+                        const char *default_allocator)
+{
+    ks_cli_isolation isolation;
+    ks_cli_isolation_defaults(&isolation);
+    int parsed = ks_cli_isolation_parse(argv[0], &argc, argv, &isolation);
+    if (parsed >= 0)
+        return parsed;
+    return ks_cli_isolated(argv[0], &isolation, body, argc, argv, allocator_named(argc, argv, default_allocator),
+                           original_argc, original_argv);
+}
 
 static const char usage[] =
     "usage: ksalloc <command> [options]\n"
@@ -35,11 +65,28 @@ int main(int argc, char **argv)
     static const struct {
         const char *name;
         int (*run)(int, char **);
-    } commands[] = {{"list", ks_cmd_list},       {"run", ks_cmd_run}, {"replay", ks_cmd_replay},
-                    {"compare", ks_cmd_compare}, {"ab", ks_cmd_ab},     {"dma", ks_cmd_dma}};
-    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
-        if (strcmp(command, commands[i].name) == 0)
+        bool isolated;               /* runs allocators: in a supervised child */
+        const char *default_allocator; /* named in a report until the child names its pins */
+    } commands[] = {{"list", ks_cmd_list, false, NULL},       {"run", ks_cmd_run, true, "?"},
+                    {"replay", ks_cmd_replay, true, "(the trace's)"}, {"compare", ks_cmd_compare, false, NULL},
+                    {"ab", ks_cmd_ab, false, NULL},           {"dma", ks_cmd_dma, true, "dma_common"}};
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {
+        if (strcmp(command, commands[i].name) != 0)
+            continue;
+        if (!commands[i].isolated)
             return commands[i].run(argc - 1, argv + 1);
+        /* The isolation flags are taken out of a copy; the reproducer prints the line as given. */
+        char **copy = malloc((size_t)argc * sizeof *copy);
+        if (copy == NULL) {
+            fprintf(stderr, "ksalloc: out of memory\n");
+            return KS_EXIT_ERROR;
+        }
+        memcpy(copy, argv + 1, (size_t)(argc - 1) * sizeof *copy);
+        copy[argc - 1] = NULL;
+        int code = run_isolated(commands[i].run, argc - 1, copy, argc, argv, commands[i].default_allocator);
+        free(copy);
+        return code;
+    }
     fprintf(stderr, "ksalloc: unknown command '%s'\n", command);
     fputs(usage, stderr);
     return KS_EXIT_USAGE;
