@@ -64,7 +64,12 @@ sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ksbench  # noqa: E402
 
-from scipy.stats import mannwhitneyu, wilcoxon  # noqa: E402
+try:
+    from scipy.stats import mannwhitneyu, wilcoxon  # noqa: E402
+except ImportError:  # a missing dependency is bad input to the gate (2), never a regression (1)
+    print("compare: scipy is missing for %s: install python3-scipy (make deps), or run the "
+          "interpreter make uses (/usr/bin/python3)" % sys.executable, file=sys.stderr)
+    sys.exit(2)
 
 GBENCH_COMPARE = "/usr/share/benchmark/compare.py"
 EXIT_CLEAN, EXIT_REGRESSED, EXIT_BAD_INPUT = 0, 1, 2
