@@ -14,7 +14,13 @@
  * Interceptors called from the library. mimalloc and tcmalloc call intercepted libc functions
  * (memset, memcpy) on metadata they recycle between threads through those same invisible atomics,
  * which TSan would report as races inside the library; called_from_lib tells it to ignore
- * interceptors called from there. A program gets one __tsan_default_suppressions: this weak one,
+ * interceptors called from there. jemalloc too: its mutexes are pthread mutexes that TSan models
+ * through the interceptors, but the memory they live in and the state around them move through
+ * jemalloc's own atomics, which it cannot see. The conformance suite under TSan (which forks a
+ * process per case) reported, inside libjemalloc only, a "double lock" after fork (jemalloc's
+ * postfork-child handler re-initialises the mutexes its prefork handler locked, on Linux, instead
+ * of unlocking them) and a race between one thread's arena creation and another's trylock.
+ * A program gets one __tsan_default_suppressions: this weak one,
  * kept once by the linker whichever allocator files a program links, names both libraries (a
  * program with its own list overrides it and should carry these lines).
  *
@@ -35,7 +41,7 @@ void __tsan_release(void *addr);
 const char *__tsan_default_suppressions(void);
 __attribute__((weak)) const char *__tsan_default_suppressions(void)
 {
-    return "called_from_lib:libmimalloc.so.2\ncalled_from_lib:libtcmalloc_minimal.so.4\n";
+    return "called_from_lib:libmimalloc.so.2\ncalled_from_lib:libtcmalloc_minimal.so.4\ncalled_from_lib:libjemalloc.so.2\n";
 }
 #else
 #define KS_PEER_SYNC_OBJECT(name) _Static_assert(1, "no sync object outside TSan")

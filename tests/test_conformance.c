@@ -1359,9 +1359,15 @@ Test(leak_check, reports_a_block_nothing_points_to)
         int null_fd = open("/dev/null", O_WRONLY);
         if (null_fd >= 0)
             dup2(null_fd, STDERR_FILENO);
-        uintptr_t hidden = allocate_hidden(4096);
-        int leaked = __lsan_do_recoverable_leak_check();
-        free((void *)(hidden ^ HIDE_MASK));
+        /* A conservative scan may still find the block's address in a dead stack slot or a
+         * register (seen once in a loaded make test): three tries, each a new block, and one
+         * report is enough; LeakSanitizer not working misses all three. */
+        int leaked = 0;
+        for (int attempt = 0; attempt < 3 && !leaked; attempt++) {
+            uintptr_t hidden = allocate_hidden(4096);
+            leaked = __lsan_do_recoverable_leak_check();
+            free((void *)(hidden ^ HIDE_MASK));
+        }
         _exit(leaked ? 0 : 1);
     }
     int status = 0;
