@@ -98,11 +98,15 @@ Test(cmd_dma, injected_faults_are_counted_and_not_findings)
 Test(cmd_dma, bad_flags_are_usage_errors)
 {
     const char *cases[][2] = {
-        {"dma --mask 12", "--mask: 12 is below 24 bits"},
-        {"dma --mask 65", "--mask"},
+        /* A flag and its --device key accept the same values and say the same limit. */
+        {"dma --mask 12", "mask='12': expected an address width in bits, 24 to 64"},
+        {"dma --device mask=12", "mask='12': expected an address width in bits, 24 to 64"},
+        {"dma --mask 65", "mask='65': expected an address width in bits, 24 to 64"},
+        {"dma --mask 32,iommu=1", "'32,iommu=1' is not one value"},
         {"dma --device warp=9", "--device:"},
         {"dma --profile lifo", "--profile: 'lifo' is not capture, render, loopback or all"},
-        {"dma --fault-rate 2000000", "--fault-rate"},
+        {"dma --fault-rate 2000000", "fault_ppm='2000000': expected a rate in parts per million, 0 to 1000000"},
+        {"dma --device fault_ppm=1000001", "fault_ppm='1000001': expected a rate in parts per million, 0 to 1000000"},
         {"dma --allocator nosuch", "unknown allocator 'nosuch'"},
         {"dma --frames x", "--frames"},
         {"dma --bogus", "unknown option '--bogus'"},

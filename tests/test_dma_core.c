@@ -559,13 +559,18 @@ Test(dma_options, parse_and_reject)
     cr_assert_not_null(strstr(ks_dma_options_describe(&options, described, sizeof described), ",inline=1"), "%s",
                        described);
     cr_assert_eq(ks_dma_options_parse(&options, "inline=sometimes", &err), STATUS_INVALID_PARAMETER);
-    cr_assert_not_null(strstr(err.message, "bad value 'sometimes' for inline"), "%s", err.message);
+    cr_assert_not_null(strstr(err.message, "inline='sometimes': expected 1/0, yes/no"), "%s", err.message);
 
     cr_assert_eq(ks_dma_options_parse(&options, "mask=32,colour=blue", &err), STATUS_INVALID_PARAMETER);
     cr_assert_not_null(strstr(err.message, "unknown key 'colour'"), "%s", err.message);
     cr_assert_not_null(strstr(err.message, "iommu"), "the message lists the keys: %s", err.message);
     cr_assert_eq(ks_dma_options_parse(&options, "mask=12", &err), STATUS_INVALID_PARAMETER);
-    cr_assert_not_null(strstr(err.message, "bad value '12' for mask"), "%s", err.message);
+    cr_assert_not_null(strstr(err.message, "mask='12': expected an address width in bits, 24 to 64"), "%s",
+                       err.message);
+    cr_assert_eq(ks_dma_options_parse(&options, "mask=24,fault_ppm=1000000", &err), STATUS_SUCCESS, "%s", err.message);
+    cr_assert_eq(ks_dma_options_parse(&options, "fault_ppm=1000001", &err), STATUS_INVALID_PARAMETER);
+    cr_assert_not_null(strstr(err.message, "fault_ppm='1000001': expected a rate in parts per million, 0 to 1000000"),
+                       "%s", err.message);
     cr_assert_eq(ks_dma_options_parse(&options, "high=101", &err), STATUS_INVALID_PARAMETER);
     cr_assert_eq(ks_dma_options_parse(&options, "faults=sometimes", &err), STATUS_INVALID_PARAMETER);
     cr_assert_eq(ks_dma_options_parse(&options, "iommu", &err), STATUS_INVALID_PARAMETER);

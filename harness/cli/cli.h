@@ -16,6 +16,10 @@
 #include "verifier.h"
 #include "workload.h"
 
+/* From the build (the Makefile's generated version.c): "0.9.0" and `git describe --dirty`. */
+extern const char ks_version_text[];
+extern const char ks_git_revision[];
+
 enum { KS_EXIT_CLEAN = 0, KS_EXIT_FAULT = 1, KS_EXIT_USAGE = 2, KS_EXIT_ERROR = 3 };
 
 /* Strict number parsing for flag values: the whole string must be a number in range. Sizes take
@@ -44,6 +48,13 @@ void ks_cli_print_summary(const char *label, const ks_run_stats *stats, uint64_t
 
 /* ---- Isolation of the allocator under test (isolate.c) ---------------------------------------- */
 
+/* The lines every isolated command's usage ends with. */
+#define KS_CLI_ISOLATION_USAGE                                                                          \
+    "  --timeout S            a callback without progress for S s is hung: killed, a finding (25)\n"    \
+    "  --run-timeout S        the whole command's deadline (default none)\n"                           \
+    "  --rss-limit-mb N       resident memory limit of the allocator's process (default 2048)\n"       \
+    "  --no-isolate           run the allocator in this process (for a debugger): a crash ends ksalloc\n"
+
 /* --timeout S (a callback that makes no progress for S seconds is hung), --run-timeout S,
  * --rss-limit-mb N, --no-isolate: taken by run, replay and dma before their own options. */
 typedef struct ks_cli_isolation {
@@ -71,6 +82,9 @@ struct ks_watch *ks_cli_watch(void);
  * pin named after spec. */
 NTSTATUS ks_cli_resolve_watched(const char *spec, unsigned pin, const ks_allocator_entry **entry,
                                 struct ks_plugin **plugin, ks_error *err);
+/* The exit code of a failed resolve: 2 for a name not in the catalogue (a bad flag value), 3 for
+ * a plugin that could not be loaded. */
+int ks_cli_resolve_exit_code(const char *spec, const ks_error *err);
 
 int ks_cmd_list(int argc, char **argv);
 int ks_cmd_run(int argc, char **argv);

@@ -45,7 +45,7 @@ static const char usage[] =
     "  --ops N                ops per profile (default 20000)\n"
     "  --seed N               generator and device seed (default 1)\n"
     "  --trace-out FILE       record the run as a trace (one profile only)\n"
-    "  --no-verify            run the allocator bare\n";
+    "  --no-verify            run the allocator bare\n" KS_CLI_ISOLATION_USAGE;
 
 typedef struct dma_cli_options {
     const char *allocator;
@@ -78,20 +78,20 @@ static int spec_append_flag(dma_cli_options *opts, const char *item)
 static int parse_device_flag(dma_cli_options *opts, int opt_index, const char *arg)
 {
     char item[64];
-    uint64_t value = 0;
+    /* A flag is spelled as its --device key and checked by the DMA layer's parser with the whole
+     * spec (check_device_spec), so the two accept exactly the same values. */
+    if (arg != NULL && (strchr(arg, ',') != NULL || strchr(arg, '=') != NULL || strlen(arg) >= 40))
+        return ks_cli_usage_error("dma", usage, "'%s' is not one value (no ',' or '=', under 40 characters)", arg);
     switch (opt_index) {
     case 0:
-        if (!ks_cli_parse_u64("dma", "--mask", arg, 64, &value)) return KS_EXIT_USAGE;
-        if (value < 24) return ks_cli_usage_error("dma", usage, "--mask: %s is below 24 bits", arg);
-        snprintf(item, sizeof item, "mask=%" PRIu64, value);
+        snprintf(item, sizeof item, "mask=%s", arg);
         return spec_append_flag(opts, item);
     case 1: return spec_append_flag(opts, "coherent=1");
     case 2: return spec_append_flag(opts, "coherent=0");
     case 3: return spec_append_flag(opts, "iommu=1");
     case 4: return spec_append_flag(opts, "sg=1");
     default:
-        if (!ks_cli_parse_u64("dma", "--fault-rate", arg, 1000000, &value)) return KS_EXIT_USAGE;
-        snprintf(item, sizeof item, "fault_ppm=%" PRIu64, value);
+        snprintf(item, sizeof item, "fault_ppm=%s", arg);
         return spec_append_flag(opts, item);
     }
 }
@@ -285,6 +285,12 @@ static int run_dma_profile(const dma_cli_options *opts, const ks_allocator_entry
     NTSTATUS status = dma_run_open(opts, entry, profile, &run);
     if (!NT_SUCCESS(status)) {
         fprintf(stderr, "ksalloc dma: %s\n", run.err.message);
+        /* A DMA allocator refuses a device it cannot serve; dma_sg's frames are scattered pages,
+         * which only a scatter/gather device or an IOMMU can take. */
+        if (status == STATUS_NOT_SUPPORTED && (entry->caps & KS_CAP_DMA) != 0)
+            fprintf(stderr, "ksalloc dma: hint: '%s' refused the device '%s'%s\n", entry->name, opts->device,
+                    strcmp(entry->name, "dma_sg") == 0 ? ": dma_sg needs --sg or --iommu"
+                                                       : " (see `ksalloc list` and README.md, DMA)");
         dma_run_release(&run);
         return KS_EXIT_ERROR;
     }

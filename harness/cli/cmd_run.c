@@ -39,7 +39,7 @@ static const char usage[] =
     "  --self-check-every N   call the allocator's self-check every N ops (default 0: at delete)\n"
     "  --keep-live            leave frames live at the end (the verifier reports them as leaks)\n"
     "  --keep-going           do not stop at the first fault\n"
-    "  --max-faults N         faults printed (default 10)\n";
+    "  --max-faults N         faults printed (default 10)\n" KS_CLI_ISOLATION_USAGE;
 
 typedef struct run_options {
     const char *allocator;
@@ -346,7 +346,7 @@ int ks_cmd_run(int argc, char **argv)
     ks_error_clear(&err);
     if (!NT_SUCCESS(ks_cli_resolve_watched(opts.allocator, 0, &entry, &plugin, &err))) {
         fprintf(stderr, "ksalloc run: %s\n", err.message);
-        return KS_EXIT_ERROR;
+        return ks_cli_resolve_exit_code(opts.allocator, &err);
     }
     int refused = check_threads(&opts, entry);
     int worst = refused >= 0 ? refused : KS_EXIT_CLEAN;

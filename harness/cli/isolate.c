@@ -19,6 +19,8 @@
  *     -rss_limit_mb watches its own process): killed, a finding, exit 1;
  *   - the whole command passed --run-timeout: killed, a finding (exit 1 if a callback was in
  *     progress, else exit 3: the harness itself did not finish).
+ * Every 5 s of a long command the parent also prints a progress line from the watch (calls into
+ * the allocator so far, the main thread's op), in place on a terminal.
  * A death outside any callback is not charged to the allocator (exit 3, with what the watch saw
  * last), since it may be the harness's own bug; --no-isolate runs the command in this process,
  * for a debugger.
@@ -51,6 +53,7 @@
 #define ISOLATE_MAX_RSS_LIMIT_MB (UINT64_C(1) << 30)
 #define ISOLATE_POLL_FIRST_NS 1000000u   /* 1 ms */
 #define ISOLATE_POLL_MAX_NS 25000000u    /* 25 ms */
+#define ISOLATE_PROGRESS_EVERY_NS 5000000000u /* a long command says it is alive every 5 s */
 
 static ks_watch *current_watch;
 
@@ -69,6 +72,12 @@ static void note_sanitizer_death(void)
 ks_watch *ks_cli_watch(void)
 {
     return current_watch;
+}
+
+int ks_cli_resolve_exit_code(const char *spec, const ks_error *err)
+{
+    bool plugin = strncmp(spec, "plugin:", 7) == 0;
+    return !plugin && err->status == STATUS_OBJECT_NAME_NOT_FOUND ? KS_EXIT_USAGE : KS_EXIT_ERROR;
 }
 
 NTSTATUS ks_cli_resolve_watched(const char *spec, unsigned pin, const ks_allocator_entry **entry, ks_plugin **plugin,
@@ -232,6 +241,23 @@ static void print_reproducer(int argc, char **argv)
 
 typedef enum stop_reason { STOP_NONE, STOP_HANG, STOP_RSS, STOP_RUN_TIMEOUT } stop_reason;
 
+/* Progress of a long command, read off the watch: on a terminal one line rewritten in place (and
+ * cleared at the end), otherwise a plain line each time, so a CI log shows the run is alive. */
+static void print_progress(const char *cmd, const ks_watch *watch, uint64_t elapsed_ns, bool live)
+{
+    uint64_t calls = 0;
+    for (unsigned index = 0; index < KS_WATCH_SLOTS; index++)
+        calls += atomic_load_explicit(&watch->slots[index].sequence, memory_order_relaxed);
+    const ks_watch_slot *main_slot = &watch->slots[0];
+    char line[160];
+    snprintf(line, sizeof line, "ksalloc %s: %.0f s, %" PRIu64 " calls into the allocator; the main thread at op %" PRIu64,
+             cmd, (double)elapsed_ns / 1e9, calls, main_slot->op_index);
+    if (live)
+        fprintf(stderr, "\r%-100.100s", line);
+    else
+        fprintf(stderr, "%s\n", line);
+}
+
 /* The parent's side: waits for the child, killing it on a limit; returns the command's exit code. */
 static int supervise(const char *cmd, pid_t child, ks_watch *watch, const ks_cli_isolation *isolation,
                      const char *allocator, int original_argc, char **original_argv)
@@ -243,6 +269,8 @@ static int supervise(const char *cmd, pid_t child, ks_watch *watch, const ks_cli
     uint64_t run_timeout_ns = (uint64_t)(isolation->run_timeout_s * 1e9);
     stop_reason reason = STOP_NONE;
     int stopped_slot = -1;
+    bool live = isatty(STDERR_FILENO) && isatty(STDOUT_FILENO), progress_shown = false;
+    uint64_t next_progress_ns = start_ns + ISOLATE_PROGRESS_EVERY_NS;
     uint64_t rss_seen = 0;
     int status = 0;
     for (;;) {
@@ -273,6 +301,11 @@ static int supervise(const char *cmd, pid_t child, ks_watch *watch, const ks_cli
             }
             if (reason == STOP_NONE && run_timeout_ns != 0 && now_ns - start_ns > run_timeout_ns)
                 reason = STOP_RUN_TIMEOUT;
+            if (reason == STOP_NONE && now_ns >= next_progress_ns) {
+                print_progress(cmd, watch, now_ns - start_ns, live);
+                progress_shown = true;
+                next_progress_ns = now_ns + ISOLATE_PROGRESS_EVERY_NS;
+            }
             if (reason != STOP_NONE) {
                 if (stopped_slot < 0)
                     stopped_slot = busy_slot(watch);
@@ -284,6 +317,8 @@ static int supervise(const char *cmd, pid_t child, ks_watch *watch, const ks_cli
         nanosleep(&pause, NULL);
         poll_ns = poll_ns * 2 > ISOLATE_POLL_MAX_NS ? ISOLATE_POLL_MAX_NS : poll_ns * 2;
     }
+    if (live && progress_shown)
+        fprintf(stderr, "\r%-100s\r", "");
     if (reason == STOP_NONE && atomic_load(&watch->finished) && WIFEXITED(status))
         return WEXITSTATUS(status);
 

@@ -58,8 +58,8 @@ int main(int argc, char **argv)
         fputs(usage, stdout);
         return KS_EXIT_CLEAN;
     }
-    if (strcmp(command, "--version") == 0) {
-        printf("ksalloc ABI %u\n", KSALLOC_ABI_VERSION);
+    if (strcmp(command, "--version") == 0 || strcmp(command, "version") == 0) {
+        printf("ksalloc %s (plugin ABI %u, git %s)\n", ks_version_text, KSALLOC_ABI_VERSION, ks_git_revision);
         return KS_EXIT_CLEAN;
     }
     static const struct {

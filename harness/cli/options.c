@@ -51,8 +51,13 @@ bool ks_cli_parse_bytes(const char *cmd, const char *flag, const char *text, uin
     memcpy(number, text, length - 1);
     number[length - 1] = '\0';
     uint64_t units = 0;
-    if (!ks_cli_parse_u64(cmd, flag, number, max / scale, &units))
+    if (!ks_cli_parse_u64(cmd, flag, number, UINT64_MAX / scale, &units))
         return false;
+    if (units * scale > max) { /* the limit in bytes, not in the suffix's units ("4 is over 3") */
+        fprintf(stderr, "ksalloc %s: %s: '%s' is %" PRIu64 " bytes, over the limit of %" PRIu64 " bytes\n", cmd, flag,
+                text, units * scale, max);
+        return false;
+    }
     *value = units * scale;
     return true;
 }
@@ -72,6 +77,10 @@ bool ks_cli_parse_align(const char *cmd, const char *text, ULONG *mask)
 
 bool ks_cli_plugin_spec(const char *cmd, const char *path, char *spec, size_t spec_bytes)
 {
+    if (path[0] == '\0') {
+        fprintf(stderr, "ksalloc %s: --plugin: the path is empty: name a shared object (PATH.so)\n", cmd);
+        return false;
+    }
     if (snprintf(spec, spec_bytes, "plugin:%s", path) >= (int)spec_bytes) {
         fprintf(stderr, "ksalloc %s: --plugin: path longer than %zu bytes\n", cmd, spec_bytes - 8);
         return false;

@@ -101,7 +101,33 @@ static bool parse_faults(const char *text, unsigned *kinds)
 
 /* ---- the key table ------------------------------------------------------------------------- */
 
-typedef enum value_type { VALUE_BITS, VALUE_BOOL, VALUE_NOT_BOOL, VALUE_SIZE, VALUE_U32, VALUE_PERCENT, VALUE_FAULTS } value_type;
+typedef enum value_type {
+    VALUE_BITS,
+    VALUE_BOOL,
+    VALUE_NOT_BOOL,
+    VALUE_SIZE,
+    VALUE_U32,
+    VALUE_PERCENT,
+    VALUE_PPM,
+    VALUE_FAULTS
+} value_type;
+
+#define DMA_MIN_ADDRESS_BITS 24u /* ISA's 24-bit DMA, the narrowest mask Linux drivers set */
+#define DMA_MAX_ADDRESS_BITS 64u
+#define DMA_MAX_PPM 1000000u
+
+/* What a value of each type must be, for the error that refuses one (the CLI's flags are
+ * spelled into these keys, so a flag and its key accept exactly the same values). */
+static const char *const value_expected[] = {
+    [VALUE_BITS] = "an address width in bits, 24 to 64",
+    [VALUE_BOOL] = "1/0, yes/no, on/off or true/false",
+    [VALUE_NOT_BOOL] = "1/0, yes/no, on/off or true/false",
+    [VALUE_SIZE] = "a number, optionally with K, M, G or T (binary), up to 2^64 - 1",
+    [VALUE_U32] = "a number, optionally with K, M, G (binary), up to 4294967295",
+    [VALUE_PERCENT] = "a percentage, 0 to 100",
+    [VALUE_PPM] = "a rate in parts per million, 0 to 1000000",
+    [VALUE_FAULTS] = "all, none, or kinds joined by +: device, iommu, stall",
+};
 
 typedef struct option_key {
     const char *name;
@@ -129,7 +155,7 @@ static const option_key keys[] = {
     KEY("ring", VALUE_U32, ring_entries),
     KEY("latency_ns", VALUE_SIZE, latency_ns),
     KEY("bandwidth", VALUE_SIZE, bandwidth_bytes_per_s),
-    KEY("fault_ppm", VALUE_U32, fault_rate_ppm),
+    KEY("fault_ppm", VALUE_PPM, fault_rate_ppm),
     KEY("faults", VALUE_FAULTS, fault_kinds),
     KEY("stall_ns", VALUE_SIZE, stall_ns),
     KEY("seed", VALUE_SIZE, seed),
@@ -146,7 +172,7 @@ static bool apply_value(ks_dma_options *options, const option_key *key, const ch
     bool flag;
     switch (key->type) {
     case VALUE_BITS:
-        if (!parse_u64(text, &number) || number < 20 || number > 64)
+        if (!parse_u64(text, &number) || number < DMA_MIN_ADDRESS_BITS || number > DMA_MAX_ADDRESS_BITS)
             return false;
         *(unsigned *)field = (unsigned)number;
         return true;
@@ -170,6 +196,11 @@ static bool apply_value(ks_dma_options *options, const option_key *key, const ch
         if (!parse_u64(text, &number) || number > 100)
             return false;
         *(unsigned *)field = (unsigned)number;
+        return true;
+    case VALUE_PPM:
+        if (!parse_u64(text, &number) || number > DMA_MAX_PPM)
+            return false;
+        *(uint32_t *)field = (uint32_t)number;
         return true;
     case VALUE_FAULTS:
         return parse_faults(text, (unsigned *)field);
@@ -198,8 +229,8 @@ static NTSTATUS apply_item(ks_dma_options *options, const char *item, ks_error *
         if (strlen(keys[i].name) != name_bytes || strncmp(keys[i].name, item, name_bytes) != 0)
             continue;
         if (!apply_value(options, &keys[i], equals + 1))
-            return ks_error_set(err, STATUS_INVALID_PARAMETER, "dma options: bad value '%s' for %s", equals + 1,
-                                keys[i].name);
+            return ks_error_set(err, STATUS_INVALID_PARAMETER, "dma options: %s='%s': expected %s", keys[i].name,
+                                equals + 1, value_expected[keys[i].type]);
         return STATUS_SUCCESS;
     }
     char known[512];
