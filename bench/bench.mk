@@ -38,10 +38,13 @@ BENCH_CXXFLAGS := -std=c++17 -Wall -Wextra -Wshadow -Werror $(MODE_FLAGS_$(MODE)
 # Debian's interpreter: python3-matplotlib, -numpy and -scipy (compare.py's U test) are installed
 # for it by `make deps`; a python3 earlier on PATH (pyenv, a venv) may lack them.
 PYTHON ?= $(if $(wildcard /usr/bin/python3),/usr/bin/python3,python3)
-# 5 interleaved repetitions: compare.py's per-allocator test confirms an allocator slowed across
-# the suite; a lone benchmark's regression needs BENCH_REPETITIONS=9 (about 2.5x the run time).
+# 9 interleaved repetitions (about 8 minutes on 2 cores): with 5, the smallest one-sided U-test p
+# (0.004) cannot pass Benjamini-Hochberg over ~480 benchmarks unless dozens regress together, so
+# `make compare` missed an allocator planted 15% slower in its own single-thread benchmarks (and
+# 8% over all 31 of its benchmarks, threaded and DMA included): measured, 5 reps flagged nothing.
+# With 9 a lone benchmark can be confirmed (p down to 2e-5), as `make ab` does with its 9 rounds.
 BENCH_MIN_TIME ?= 0.05
-BENCH_REPETITIONS ?= 5
+BENCH_REPETITIONS ?= 9
 THRESHOLD ?= 0.10
 ALPHA ?= 0.05
 BENCH_ARGS ?=

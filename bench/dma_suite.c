@@ -40,6 +40,7 @@
 
 #include "dma/dma.h"
 #include "gbench_c.h"
+#include "progress.h"
 #include "workload.h"
 
 #define DMA_WINDOW_FRAMES 8u
@@ -377,6 +378,7 @@ static void dma_body(ks_gbench_state *state, void *arg)
     case DMA_COPY_MEMCPY: dma_copy_memcpy_body(state, dc); break;
     case DMA_DESCRIPTORS: dma_descriptors_body(state, dc); break;
     }
+    ks_bench_progress_tick();
 }
 
 /* Opens and closes the case's engine once, as the run will; false with why if that fails. */

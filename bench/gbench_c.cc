@@ -11,6 +11,7 @@
 // Google Benchmark reports its own errors (and exits on a bad flag), as it does for C++ users.
 
 #include "gbench_c.h"
+#include "progress.h"
 
 #include <regex.h>
 #include <unistd.h>
@@ -177,6 +178,7 @@ public:
                 for (auto it = run.counters.begin(); it != run.counters.end();)
                     it = shown_.count(it->first) == 0 ? run.counters.erase(it) : std::next(it);
         done_instances_++;
+        ks_bench_progress_end(); /* an in-place progress line gives way to the results */
         ConsoleReporter::ReportRuns(shown);
         GetOutputStream().flush();
     }

@@ -52,6 +52,7 @@
 #include "gbench_c.h"
 #include "heap.h"
 #include "latency.h"
+#include "progress.h"
 #include "dma_suite.h"
 #include "../allocators/pool.h"
 #include "../allocators/jemalloc_idle.h"
@@ -933,8 +934,10 @@ static void case_body(ks_gbench_state *state, void *arg)
         thread_teardown(bc, &ts);
     }
     barrier(shared);
-    if (thread == 0)
+    if (thread == 0) {
         shared_teardown(bc);
+        ks_bench_progress_tick();
+    }
 }
 
 /* ---- Registration ------------------------------------------------------------------------------- */
