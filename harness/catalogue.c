@@ -182,6 +182,20 @@ NTSTATUS ks_entry_validate(const ks_allocator_entry *entry, const char *origin, 
 
 /* ---- Capabilities ----------------------------------------------------------------------------- */
 
+const char *ks_framing_limit_hint(const ks_allocator_entry *entry, const KSALLOCATOR_FRAMING *framing, char *buf,
+                                  size_t buf_bytes)
+{
+    buf[0] = '\0';
+    uint64_t align_bytes = (uint64_t)framing->FileAlignment + 1u;
+    if (entry->max_frame_bytes != 0 && framing->FrameSize > entry->max_frame_bytes)
+        snprintf(buf, buf_bytes, "; FrameSize %u bytes is over its limit of %zu bytes (ksalloc list: MAX_FRAME)",
+                 (unsigned)framing->FrameSize, entry->max_frame_bytes);
+    else if (entry->max_align_bytes != 0 && align_bytes > entry->max_align_bytes)
+        snprintf(buf, buf_bytes, "; an alignment of %llu bytes is over its limit of %zu bytes (ksalloc list: MAX_ALIGN)",
+                 (unsigned long long)align_bytes, entry->max_align_bytes);
+    return buf;
+}
+
 const char *ks_caps_describe(ULONG caps, char *buf, size_t buf_bytes)
 {
     static const struct {

@@ -18,6 +18,12 @@ const ks_allocator_entry *ks_catalogue_find(const char *name);
  * all four dispatch members. origin names it in the message ("plugin ./x.so", "built-in"). */
 NTSTATUS ks_entry_validate(const ks_allocator_entry *entry, const char *origin, ks_error *err);
 
+/* When framing asks more than the entry states it serves (max_frame_bytes, max_align_bytes),
+ * "; FrameSize 536870912 bytes is over its limit of 268435456 bytes (ksalloc list: MAX_FRAME)"
+ * into buf, else "": what an InitializeAllocator refusal leaves unsaid. Returns buf. */
+const char *ks_framing_limit_hint(const ks_allocator_entry *entry, const KSALLOCATOR_FRAMING *framing, char *buf,
+                                  size_t buf_bytes);
+
 /* "thread-safe,bounded,..." for the caps bits, written into buf. Returns buf. */
 const char *ks_caps_describe(ULONG caps, char *buf, size_t buf_bytes);
 

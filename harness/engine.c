@@ -40,6 +40,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "catalogue.h"
 #include "dma/dma.h"
 #include "heap.h"
 #include "trace.h"
@@ -236,13 +237,14 @@ static NTSTATUS create_heaps(ks_engine *engine, const ks_workload_config *config
 static NTSTATUS init_failed(const engine_pin *state, NTSTATUS status, ks_error *err)
 {
     const KSALLOCATOR_FRAMING *framing = &state->pin.framing;
+    char hint[160];
     return ks_error_set(err, status,
                         "%s (allocator '%s', frames=%u frame_bytes=%u align_mask=0x%x flags=0x%x heap=%s): "
-                        "InitializeAllocator failed with %s",
+                        "InitializeAllocator failed with %s%s",
                         state->name, state->entry->name ? state->entry->name : "?", (unsigned)framing->Frames,
                         (unsigned)framing->FrameSize, (unsigned)framing->FileAlignment,
                         (unsigned)framing->RequirementsFlags, state->pin.heap ? state->pin.heap->name : "private",
-                        ks_status_name(status));
+                        ks_status_name(status), ks_framing_limit_hint(state->entry, framing, hint, sizeof hint));
 }
 
 static NTSTATUS open_pin(ks_engine *engine, unsigned index, const ks_pin_config *config, ks_error *err)

@@ -33,6 +33,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "catalogue.h"
 #include "dma/dma.h"
 #include "verifier.h"
 #include "watch.h"
@@ -644,13 +645,15 @@ static NTSTATUS open_instance(mt_run *run, unsigned index, ks_error *err)
         return ks_error_set(err, STATUS_INVALID_HANDLE,
                             "%s (allocator '%s'): InitializeAllocator returned STATUS_SUCCESS with *Context left NULL",
                             instance->name, options->entry->name);
+    char hint[160];
     if (!NT_SUCCESS(status))
         return ks_error_set(err, status,
                             "%s (allocator '%s', frames=%u frame_bytes=%u align_mask=0x%x): InitializeAllocator "
-                            "failed with %s",
+                            "failed with %s%s",
                             instance->name, options->entry->name, (unsigned)options->framing.Frames,
                             (unsigned)options->framing.FrameSize, (unsigned)options->framing.FileAlignment,
-                            ks_status_name(status));
+                            ks_status_name(status),
+                            ks_framing_limit_hint(options->entry, &options->framing, hint, sizeof hint));
     instance->initialized = true;
     return STATUS_SUCCESS;
 }
