@@ -797,29 +797,25 @@ static PVOID verifier_allocate(PVOID context)
         pthread_rwlock_unlock(&inst->check_lock);
     fault_batch batch;
     batch.count = 0;
-    if (frame != NULL && verifier->zero_fd >= 0) {
-        size_t bytes = inst->framing.FrameSize != 0 ? inst->framing.FrameSize : 1;
-        pthread_mutex_lock(&verifier->lock);
-        bool known = pages_known_locked(verifier, (uintptr_t)frame, bytes);
+    admit_verdict verdict = ADMIT_UNTRACKED;
+    size_t probe_bytes = inst->framing.FrameSize != 0 ? inst->framing.FrameSize : 1;
+    pthread_mutex_lock(&verifier->lock);
+    if (frame != NULL && verifier->zero_fd >= 0 && !pages_known_locked(verifier, (uintptr_t)frame, probe_bytes)) {
+        /* A page never probed: the kernel writes the frame first, outside the lock (a system
+         * call); frames on known pages go straight on, under the one lock admit needs anyway. */
         pthread_mutex_unlock(&verifier->lock);
-        bool writable = known || frame_writable(verifier->zero_fd, frame, bytes);
-        if (writable && !known) {
-            pthread_mutex_lock(&verifier->lock);
-            pages_remember_locked(verifier, (uintptr_t)frame, bytes);
-            pthread_mutex_unlock(&verifier->lock);
-        }
-        if (!writable) {
+        if (!frame_writable(verifier->zero_fd, frame, probe_bytes)) {
             batch_add(&batch, inst, KS_FAULT_UNWRITABLE_FRAME, op_index, (uintptr_t)frame,
                       "Allocate returned %p, and its %zu bytes cannot be written (%s): the frame is dropped, "
                       "never touched",
-                      frame, bytes, strerror(errno));
+                      frame, probe_bytes, strerror(errno));
             atomic_fetch_sub(&inst->allocates_in_flight, 1);
             finish_op(inst, op_index, &batch);
             return NULL;
         }
+        pthread_mutex_lock(&verifier->lock);
+        pages_remember_locked(verifier, (uintptr_t)frame, probe_bytes);
     }
-    admit_verdict verdict = ADMIT_UNTRACKED;
-    pthread_mutex_lock(&verifier->lock);
     if (frame == NULL)
         check_null_locked(inst, frees_before, op_index, &batch);
     else
